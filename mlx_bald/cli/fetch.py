@@ -1,0 +1,31 @@
+"""``mlx-bald fetch``: download and convert models and data sets ahead of time."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("fetch", help="download models / data sets into the cache now",
+                       description="Fetch registry models (converted to MLX and transformers "
+                                   "folders) and real speech sets into $MLX_BALD_CACHE, so later "
+                                   "runs work offline. Prints the paths.")
+    p.add_argument("items", nargs="+", metavar="ITEM",
+                   help="model name (whisper-base, whisper-tiny.en) or set (librivox, fillets-cs)")
+    p.add_argument("--format", choices=["mlx", "hf", "both"], default="both",
+                   help="model folder formats to prepare (default: both)")
+    return p
+
+
+def run(args) -> int:
+    from mlx_bald.data import load_set
+    from mlx_bald.hub import resolve_model
+
+    for item in args.items:
+        if item == "librivox" or item.startswith("fillets-"):
+            clips = load_set(item)
+            print(f"{item}: {len(clips)} clips in {clips[0].path.parent.parent if clips else '?'}")
+            continue
+        fmts = ["mlx", "hf"] if args.format == "both" else [args.format]
+        for fmt in fmts:
+            print(f"{item} [{fmt}]: {resolve_model(item, fmt)}")
+    return 0

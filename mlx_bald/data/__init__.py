@@ -1,0 +1,23 @@
+"""Real speech sets by name: ``librivox`` and ``fillets-<lang>[:split]`` (e.g. ``fillets-cs:test``)."""
+from __future__ import annotations
+
+from mlx_bald.data.clips import Clip
+from mlx_bald.errors import MlxBaldError
+
+
+def load_set(spec: str) -> list[Clip]:
+    name, _, split = spec.partition(":")
+    if name == "librivox":
+        from mlx_bald.data.librivox import load_librivox
+
+        if split not in ("", "test", "all"):
+            raise MlxBaldError("librivox has one split (5 clips): use 'librivox'")
+        return load_librivox()
+    if name.startswith("fillets-"):
+        from mlx_bald.data.fillets import load_fillets
+
+        return load_fillets(name.removeprefix("fillets-"), split or None)
+    raise MlxBaldError(f"unknown set {spec!r}: use 'librivox' or 'fillets-<lang>[:train|dev|test]'")
+
+
+__all__ = ["Clip", "load_set"]

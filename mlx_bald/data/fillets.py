@@ -1,0 +1,72 @@
+"""Fish Fillets NG voice packs (Debian ``fillets-ng-data-<lang>``, GPL-2): voice-acted game
+dialogue with the line's text as reference, for any language Debian packs.
+
+Audio: ``sound/<level>/<lang>/<id>.ogg`` in the voice pack. Text: ``script/<level>/*dialogs_<lang>.lua``
+in ``fillets-ng-data``, where ``dialogId("<id>", "<font>", "<English original>")`` is followed by
+``dialogStr("<text in lang>")``. The reference is the dialogStr; the English original is kept as
+``Clip.translation``.
+
+Splits are by LEVEL, never by clip, so no line of a test level is seen in training. The rule
+is fixed here and language-independent: sha1(level) % 10 == 0 -> test, == 1 -> dev, else train.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from mlx_bald.data.clips import Clip
+from mlx_bald.errors import MlxBaldError
+from mlx_bald.fetch import apt_fetch, extract_deb
+from mlx_bald.fsutil import atomic_dir
+from mlx_bald.paths import data_dir
+
+SPLITS = ("train", "dev", "test")
+_ROOT = "usr/share/games/fillets-ng/"
+_PAIR = re.compile(
+    r'dialogId\(\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*"((?:[^"\\]|\\.)*)"\s*\)\s*'
+    r'dialogStr\(\s*"((?:[^"\\]|\\.)*)"\s*\)', re.S)
+
+
+def split_of(level: str) -> str:
+    bucket = int(hashlib.sha1(level.encode()).hexdigest(), 16) % 10
+    return "test" if bucket == 0 else "dev" if bucket == 1 else "train"
+
+
+def _unescape(s: str) -> str:
+    return re.sub(r"\\(.)", r"\1", s).strip()
+
+
+def fillets_dir(lang: str) -> Path:
+    if not re.fullmatch(r"[a-z]{2}(_[A-Z]{2})?", lang):
+        raise MlxBaldError(f"bad language code {lang!r} (expected e.g. 'cs')")
+    out = data_dir() / f"fillets-{lang}"
+    if (out / "script").exists() and (out / "sound").exists():
+        return out
+    with atomic_dir(out, overwrite=True) as tmp:
+        extract_deb(apt_fetch("fillets-ng-data"), tmp / "x", _ROOT + "script/")
+        extract_deb(apt_fetch(f"fillets-ng-data-{lang}"), tmp / "x", _ROOT + "sound/")
+        (tmp / "x" / _ROOT / "script").rename(tmp / "script")
+        (tmp / "x" / _ROOT / "sound").rename(tmp / "sound")
+        import shutil
+        shutil.rmtree(tmp / "x")
+    return out
+
+
+def load_fillets(lang: str, split: str | None = None) -> list[Clip]:
+    """All clips with both audio and a ``lang`` transcript, optionally one split, sorted by id."""
+    if split is not None and split not in SPLITS:
+        raise MlxBaldError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    root = fillets_dir(lang)
+    clips: list[Clip] = []
+    for script in sorted((root / "script").glob(f"*/*dialogs_{lang}.lua")):
+        level = script.parent.name
+        if split is not None and split_of(level) != split:
+            continue
+        text = script.read_text(encoding="utf-8", errors="replace")
+        for clip_id, english, local in _PAIR.findall(text):
+            audio = root / "sound" / level / lang / f"{clip_id}.ogg"
+            if audio.exists() and _unescape(local):
+                clips.append(Clip(id=f"{level}/{clip_id}", path=audio, text=_unescape(local),
+                                  language=lang, group=level, translation=_unescape(english)))
+    return sorted(clips, key=lambda c: c.id)

@@ -1,0 +1,87 @@
+"""Corpus WER on real speech. Normalisers: Whisper's English normaliser (with its
+British->American spelling map, from the ``whisper-normalizer`` package) for English;
+Whisper's basic normaliser (lowercase, punctuation and symbols removed) for other languages."""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import jiwer
+
+
+def normalizer_for(language: str):
+    if language == "en":
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        return "whisper-english", EnglishTextNormalizer()
+    from whisper_normalizer.basic import BasicTextNormalizer
+
+    return "whisper-basic", BasicTextNormalizer()
+
+
+def corpus_wer(references: list[str], hypotheses: list[str], language: str) -> tuple[float, str]:
+    """WER over the whole corpus (errors summed over clips / reference words), in %."""
+    name, norm = normalizer_for(language)
+    refs = [norm(r) for r in references]
+    hyps = [norm(h) for h in hypotheses]
+    keep = [i for i, r in enumerate(refs) if r.strip()]  # a reference that normalises to nothing
+    out = jiwer.process_words([refs[i] for i in keep], [hyps[i] for i in keep])
+    return 100.0 * out.wer, name
+
+
+@dataclass
+class EvalResult:
+    model: str
+    set: str
+    engine: str
+    normalizer: str
+    wer: float
+    n_clips: int
+    audio_seconds: float
+    wall_seconds: float
+    rows: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None = None,
+             progress: bool = True, language: str | None = None) -> EvalResult:
+    from tqdm import tqdm
+
+    from mlx_bald.data import load_set
+
+    clips = load_set(set_spec)[: limit or None]
+    if not clips:
+        from mlx_bald.errors import MlxBaldError
+        raise MlxBaldError(f"set {set_spec!r} has no clips")
+    lang = language or clips[0].language
+    if engine == "mlx":
+        from mlx_bald.transcribe import get_model, transcribe
+
+        m = get_model(model)
+        if not m.is_multilingual and lang != "en":
+            from mlx_bald.errors import MlxBaldError
+            raise MlxBaldError(f"{model} is English-only; it cannot be evaluated on {lang!r}")
+
+        def run(clip):
+            return transcribe(clip.audio, model, language=lang if m.is_multilingual else None,
+                              temperature=0.0, condition_on_previous_text=False)["text"]
+    elif engine == "torch":
+        from mlx_bald.torch_ref import transcribe_torch
+
+        def run(clip):
+            return transcribe_torch(clip.audio, model, language=lang)
+    else:
+        raise ValueError(f"unknown engine {engine!r} (mlx or torch)")
+    rows, t0 = [], time.perf_counter()
+    for clip in tqdm(clips, desc=f"{engine} {model} on {set_spec}", disable=not progress,
+                     file=sys.stderr, unit="clip"):
+        rows.append({"id": clip.id, "reference": clip.text, "hypothesis": run(clip).strip(),
+                     "seconds": round(clip.seconds, 3)})
+    wall = time.perf_counter() - t0
+    wer, norm = corpus_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], lang)
+    return EvalResult(model=str(model), set=set_spec, engine=engine, normalizer=norm, wer=round(wer, 2),
+                      n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),
+                      wall_seconds=round(wall, 2), rows=rows)

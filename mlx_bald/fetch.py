@@ -1,0 +1,105 @@
+"""Fetch registry packages (PyPI wheels/sdists with pip, Debian .debs with apt-get) into the
+cache and unpack them. Only the ordinary package clients are used, so whatever index or
+mirror the machine is configured for applies."""
+from __future__ import annotations
+
+import io
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+
+from mlx_bald.errors import MlxBaldError
+from mlx_bald.fsutil import atomic_dir
+from mlx_bald.paths import downloads_dir
+
+
+class FetchError(MlxBaldError):
+    pass
+
+
+def _log(msg: str) -> None:
+    print(f"mlx-bald: {msg}", file=sys.stderr, flush=True)
+
+
+def pip_fetch(name: str, version: str, sdist: bool = False) -> Path:
+    """Download ``name==version`` (no deps) once; return the archive path in the cache."""
+    dest = downloads_dir() / "pypi" / f"{name}-{version}{'-sdist' if sdist else ''}"
+    done = list(dest.glob("*")) if dest.exists() else []
+    if done:
+        return done[0]
+    _log(f"fetching {name}=={version} from PyPI ...")
+    with atomic_dir(dest, overwrite=True) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+               "--disable-pip-version-check", "-d", str(tmp), f"{name}=={version}"]
+        cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        files = list(tmp.glob("*"))
+        if proc.returncode != 0 or len(files) != 1:
+            err = "\n".join(l for l in proc.stderr.splitlines() if "WARNING" not in l)[-800:]
+            raise FetchError(f"could not download {name}=={version} with pip:\n{err}")
+    return next(dest.glob("*"))
+
+
+def apt_fetch(package: str) -> Path:
+    """Download a Debian package's .deb once (``apt-get download``); return its path.
+    Without apt-get (macOS), put the .deb in $MLX_BALD_CACHE/downloads/debian/ yourself."""
+    dest = downloads_dir() / "debian"
+    dest.mkdir(parents=True, exist_ok=True)
+    found = sorted(dest.glob(f"{package}_*.deb"))
+    if found:
+        return found[-1]
+    if shutil.which("apt-get") is None:
+        raise FetchError(f"the Debian package {package} is needed and apt-get is not available: "
+                         f"download {package}_*.deb from a Debian mirror into {dest}")
+    _log(f"fetching Debian package {package} ...")
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp,
+                              capture_output=True, text=True)
+        if proc.returncode != 0:  # the package lists may be missing on a fresh machine
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+            proc = subprocess.run(["apt-get", "download", "-q", package], cwd=tmp,
+                                  capture_output=True, text=True)
+        debs = list(Path(tmp).glob("*.deb"))
+        if proc.returncode != 0 or len(debs) != 1:
+            raise FetchError(f"apt-get download {package} failed: {proc.stderr.strip()[-500:]}")
+        final = dest / debs[0].name
+        debs[0].rename(final)
+    return final
+
+
+def extract_wheel(archive: Path, out: Path, members_prefix: str = "") -> None:
+    with zipfile.ZipFile(archive) as z:
+        for m in z.namelist():
+            if m.startswith(members_prefix) and not m.endswith("/"):
+                z.extract(m, out)
+
+
+def extract_deb(deb: Path, out: Path, members_prefix: str = "") -> None:
+    """Unpack a .deb's data.tar.* (ar archive; pure Python, no dpkg needed)."""
+    data = deb.read_bytes()
+    if not data.startswith(b"!<arch>\n"):
+        raise FetchError(f"{deb} is not a Debian package")
+    pos = 8
+    while pos + 60 <= len(data):
+        header = data[pos:pos + 60]
+        name = header[:16].decode().strip().rstrip("/")
+        size = int(header[48:58].decode().strip())
+        body = data[pos + 60:pos + 60 + size]
+        pos += 60 + size + (size % 2)
+        if name.startswith("data.tar"):
+            with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
+                members = [m for m in tar.getmembers()
+                           if m.isfile() and m.name.lstrip("./").startswith(members_prefix)]
+                tar.extractall(out, members=members, filter="data")
+            return
+    raise FetchError(f"{deb}: no data archive inside")
+
+
+def extract_sdist(archive: Path, out: Path, members_contain: str) -> None:
+    with tarfile.open(archive, "r:*") as tar:
+        members = [m for m in tar.getmembers() if m.isfile() and members_contain in m.name]
+        tar.extractall(out, members=members, filter="data")

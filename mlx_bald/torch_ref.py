@@ -1,0 +1,52 @@
+"""The PyTorch reference engine (transformers' Whisper): greedy transcription of clips up to
+30 s, for accuracy comparisons against MLX and as the compressor's teacher. Needs the
+[compress] extra; the MLX runtime never imports this module."""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+
+@lru_cache(maxsize=4)
+def load_torch_model(name_or_path: str):
+    """A transformers Whisper (stock or mlx-bald compressed) in fp32, eval mode."""
+    import json
+
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    from mlx_bald.hub import resolve_model
+
+    hf_logging.set_verbosity_error()  # generate() warns about its own Whisper defaults
+
+    folder = resolve_model(name_or_path, "hf")
+    cfg = json.loads((Path(folder) / "config.json").read_text())
+    if "mlx_bald_compression" in cfg:
+        from mlx_bald.compress.model import load_compressed
+
+        model, _ = load_compressed(folder)
+    else:
+        from transformers import WhisperForConditionalGeneration
+
+        model = WhisperForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    return model.float().eval()
+
+
+def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: str | None = "en",
+                     max_new_tokens: int = 200) -> str:
+    import torch
+    from transformers import WhisperFeatureExtractor
+    from mlx_whisper.tokenizer import get_tokenizer
+
+    m = load_torch_model(str(model))
+    fe = WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)
+    feats = fe(audio[: 30 * 16000], sampling_rate=16000, return_tensors="pt").input_features
+    multilingual = m.config.vocab_size >= 51865
+    kwargs = {"language": language, "task": "transcribe"} if multilingual and language else {}
+    with torch.no_grad():
+        out = m.generate(feats, max_new_tokens=max_new_tokens, **kwargs)
+    tok = get_tokenizer(multilingual, num_languages=m.config.vocab_size - 51765 - int(multilingual))
+    ids = [t for t in out[0].tolist() if t < tok.eot]
+    return tok.decode(ids).strip()

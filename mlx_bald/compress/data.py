@@ -1,0 +1,103 @@
+"""Real speech -> training batches for the compression recipes: log-mel features, token
+sequences in Whisper's prompt format, cached encoder states, shuffled padded batches."""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Iterator
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mlx_bald.data.clips import Clip
+from mlx_bald.paths import cache_dir
+
+IGNORE = -100
+
+
+@lru_cache(maxsize=2)
+def _feature_extractor(n_mels: int):
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=n_mels)
+
+
+def features(clip: Clip, n_mels: int = 80) -> torch.Tensor:
+    """Log-mel of the first 30 s, padded: [n_mels, 3000]."""
+    fe = _feature_extractor(n_mels)
+    return fe(clip.audio[: 30 * 16000], sampling_rate=16000, return_tensors="pt").input_features[0]
+
+
+@lru_cache(maxsize=4)
+def tokenizer(multilingual: bool = True, num_languages: int = 99):
+    from mlx_whisper.tokenizer import get_tokenizer  # tiktoken; the same tokenizer MLX decodes with
+
+    return get_tokenizer(multilingual, num_languages=num_languages)
+
+
+def token_sequence(text: str, language: str | None, multilingual: bool = True,
+                   max_tokens: int = 120) -> tuple[list[int], int]:
+    """([sot, lang, transcribe, notimestamps] + text + [eot], prompt length). Long texts are
+    cut (the eot is kept) so a batch stays small on CPU."""
+    tok = tokenizer(multilingual)
+    prompt = list(tok.sot_sequence_including_notimestamps) if multilingual else [tok.sot, tok.no_timestamps]
+    if multilingual and language:
+        prompt = [tok.sot, tok.to_language_token(language), tok.transcribe, tok.no_timestamps]
+    body = tok.encode(" " + text.strip())[: max_tokens - len(prompt) - 1]
+    return prompt + body + [tok.eot], len(prompt)
+
+
+def encoder_cache_dir(model_name: str, set_name: str) -> Path:
+    return cache_dir() / "encoder-cache" / model_name / set_name.replace(":", "-")
+
+
+def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip],
+                         progress: bool = True) -> Path:
+    """Run the (frozen) encoder once per clip and keep its output on disk (fp16)."""
+    from mlx_bald.compress.distill import cache_encoder_outputs
+
+    out = encoder_cache_dir(model_name, set_name)
+    cache_encoder_outputs(model, ((c.id, features(c, model.config.num_mel_bins)) for c in clips), out,
+                          batch_size=4, progress=progress)
+    return out
+
+
+def batches_from_cache(clips: list[Clip], cache: Path, batch_size: int = 8, seed: int = 0,
+                       texts: dict[str, str] | None = None, multilingual: bool = True,
+                       max_tokens: int = 120) -> Callable[[int], Iterator[dict]]:
+    """``make_batches(epoch)`` for distill.train_decoder: shuffled by (seed, epoch), padded.
+    ``texts`` overrides the reference text per clip id (e.g. teacher pseudo-labels)."""
+    from mlx_bald.compress.distill import load_cached_encoder_output
+
+    seqs = []
+    for c in clips:
+        ids, n_prompt = token_sequence((texts or {}).get(c.id, c.text), c.language, multilingual, max_tokens)
+        seqs.append((c.id, ids, n_prompt))
+
+    def make_batches(epoch: int) -> Iterator[dict]:
+        order = list(range(len(seqs)))
+        random.Random(seed * 1000 + epoch).shuffle(order)
+        for start in range(0, len(order), batch_size):
+            chunk = [seqs[i] for i in order[start:start + batch_size]]
+            yield collate(chunk, lambda cid: load_cached_encoder_output(cache, cid))
+    return make_batches
+
+
+def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable[[str], torch.Tensor]) -> dict:
+    chunk = list(chunk)
+    eot = tokenizer().eot
+    width = max(len(ids) for _, ids, _ in chunk) - 1
+    inputs = torch.full((len(chunk), width), eot, dtype=torch.long)
+    labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
+    for row, (_, ids, n_prompt) in enumerate(chunk):
+        t = torch.tensor(ids)
+        inputs[row, : len(ids) - 1] = t[:-1]
+        labels[row, : len(ids) - 1] = t[1:]
+        labels[row, : n_prompt - 1] = IGNORE  # language/task/notimestamps are given, not learned
+    states = torch.stack([encoder_state(cid) for cid, _, _ in chunk])
+    return {"encoder_hidden_states": states, "decoder_input_ids": inputs, "labels": labels}
+
+
+def as_numpy_features(clip: Clip) -> np.ndarray:
+    return features(clip).numpy()

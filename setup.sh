@@ -25,6 +25,14 @@ if [ "$(uname -s)" = "Linux" ]; then
             echo "mlx-bald set-up: no OpenBLAS found and not root; install libopenblas0-pthread for ~10x faster MLX on CPU" >&2
         fi
     fi
+    # The demo page's browser test drives Debian's headless Chromium (optional: it skips without).
+    if [ "${MLX_BALD_SKIP_CHROMIUM:-0}" != 1 ] && ! command -v chromium >/dev/null \
+       && [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null; then
+        echo "mlx-bald set-up: installing chromium for the demo-page test ..." >&2
+        apt-get install -y -q chromium >/dev/null 2>&1 \
+          || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } \
+          || echo "mlx-bald set-up: chromium not installed; the browser test will be skipped" >&2
+    fi
 fi
 "${PIP[@]}" -e ".[compress,serve,dev]"
 echo "$want" > "$stamp"

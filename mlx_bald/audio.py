@@ -57,7 +57,11 @@ def load_audio(source: str | Path | bytes, name: str | None = None) -> np.ndarra
 
 
 def _short(e: Exception) -> str:
-    return str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+    import re
+
+    msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+    msg = re.sub(r"Error opening <_io\.BytesIO object at 0x[0-9a-f]+>: ", "", msg)  # no object reprs
+    return msg[:120]
 
 
 def _ffmpeg_fallback(source) -> np.ndarray | None:

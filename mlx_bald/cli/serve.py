@@ -1,0 +1,87 @@
+"""``mlx-bald serve``: the local OpenAI-compatible transcription server (apps/server.py)."""
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+
+def register(sub) -> argparse.ArgumentParser:
+    from mlx_bald.hub import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "serve", help="local OpenAI-compatible transcription server",
+        description="Serve POST /v1/audio/transcriptions (OpenAI audio API shape), "
+                    "GET /v1/models, GET /health and a demo page at /. Only the models given "
+                    "with --model can be requested; 'whisper-1' means the first one.")
+    p.add_argument("--model", action="append", metavar="[ID=]NAME_OR_DIR",
+                   help=f"a model to serve, repeatable; ID is the name clients send "
+                        f"(default: the model name or folder name). Default: {DEFAULT_MODEL}")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="interface to bind (default 127.0.0.1, loopback only)")
+    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0,
+                   help="largest accepted upload in MiB (default 25, as OpenAI)")
+    p.add_argument("--max-queue", type=int, default=32,
+                   help="transcriptions allowed to wait before answering 503 (default 32)")
+    p.add_argument("--timeout", type=float, default=900.0,
+                   help="seconds a request may wait for its transcription (default 900)")
+    p.add_argument("--no-preload", action="store_true",
+                   help="load models on first request instead of at start-up")
+    p.add_argument("--quiet", action="store_true", help="do not log each request")
+    return p
+
+
+def run(args) -> int:
+    from mlx_bald.errors import MlxBaldError
+
+    try:
+        from apps.server import LOOPBACK_HOSTS, make_server, parse_model_specs
+    except ImportError as e:  # python-multipart is the one extra the server needs
+        raise MlxBaldError(f"the server needs {e.name or 'a missing package'}: "
+                           f"pip install 'mlx-bald[serve]'") from None
+    from mlx_bald.hub import DEFAULT_MODEL, resolve_model
+
+    try:
+        specs = parse_model_specs(args.model or [DEFAULT_MODEL])
+    except ValueError as e:
+        raise MlxBaldError(str(e)) from None
+    # Resolve every model now: requests can then only name these ids, never a path.
+    models = {mid: str(resolve_model(ref)) for mid, ref in specs.items()}
+    if args.host not in LOOPBACK_HOSTS:
+        print(f"mlx-bald: warning: binding {args.host}: the server has no authentication and "
+              f"is reachable from other machines", file=sys.stderr)
+    try:
+        server = make_server(models, host=args.host, port=args.port,
+                             max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
+                             max_pending=args.max_queue, request_timeout=args.timeout,
+                             quiet=args.quiet)
+    except OSError as e:
+        raise MlxBaldError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
+
+    if not args.no_preload:
+        from mlx_bald.transcribe import get_model
+
+        def report(fut, mid: str) -> None:
+            if fut.exception() is not None:
+                print(f"mlx-bald: error: loading {mid!r} failed: {fut.exception()}",
+                      file=sys.stderr)
+
+        for mid, folder in models.items():  # on the inference thread, before any request
+            fut = server.worker.call(lambda folder=folder: get_model(folder))
+            fut.add_done_callback(lambda f, mid=mid: report(f, mid))
+    for mid, folder in models.items():
+        print(f"mlx-bald: model {mid!r}: {folder}", file=sys.stderr)
+    print(f"mlx-bald: serving on {server.url} (demo page: {server.url}/, "
+          f"API: {server.url}/v1/audio/transcriptions); Ctrl-C stops", file=sys.stderr, flush=True)
+    def stop(signum, frame) -> None:  # SIGTERM (service managers, kill) stops like Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("mlx-bald: stopping", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0

@@ -1,0 +1,199 @@
+"""``mlx-bald transcribe``: files in, text or subtitles out (mlx_whisper's flags and writers).
+
+With no --output-dir / --output-format the transcript goes to stdout and everything else
+(progress, per-file errors, the summary line) to stderr, so ``mlx-bald transcribe x.wav > x.txt``
+works. A file that cannot be read or transcribed is reported and skipped; the exit status is 1
+if any file failed.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+import time
+from pathlib import Path
+
+FORMATS = ["txt", "vtt", "srt", "tsv", "json", "all"]
+_WRITER_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
+
+
+def _bool(text: str) -> bool:
+    v = text.strip().lower()
+    if v in ("true", "1", "yes", "on"):
+        return True
+    if v in ("false", "0", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
+
+
+def _optional_float(text: str) -> float | None:
+    return None if text == "None" else float(text)
+
+
+def _language(text: str) -> str | None:
+    from mlx_whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+
+    v = text.strip().lower()
+    if v in ("", "none", "auto"):
+        return None
+    if v in LANGUAGES:
+        return v
+    if v in TO_LANGUAGE_CODE:
+        return TO_LANGUAGE_CODE[v]
+    raise argparse.ArgumentTypeError(f"unknown language {text!r} (use a code such as en, cs, de)")
+
+
+def register(sub) -> argparse.ArgumentParser:
+    from mlx_bald.hub import DEFAULT_MODEL
+
+    p = sub.add_parser(
+        "transcribe", help="transcribe audio files",
+        description="Transcribe audio files with an MLX Whisper model (mlx-bald compressed or "
+                    "stock). Without --output-dir/--output-format the text is printed.")
+    p.add_argument("audio", nargs="*", metavar="FILE", help="audio files ('-' reads stdin)")
+    p.add_argument("--example", action="store_true",
+                   help="transcribe the bundled LibriVox example clip")
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help=f"model name or folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--language", type=_language, default=None,
+                   help="spoken language (code or name); default: detect")
+    p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
+    p.add_argument("--output-format", "-f", choices=FORMATS, default=None,
+                   help="write files in this format (default txt when --output-dir is given)")
+    p.add_argument("--output-dir", "-o", default=None,
+                   help="directory for output files (default . when --output-format is given)")
+    p.add_argument("--output-name", default=None,
+                   help="output file name without extension (one input file only)")
+    p.add_argument("--word-timestamps", type=_bool, nargs="?", const=True, default=False,
+                   help="word-level timestamps (subtitles per word group)")
+    p.add_argument("--initial-prompt", default=None, help="text to condition the first window")
+    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--temperature-increment-on-fallback", type=_optional_float, default=0.2,
+                   help="raise the temperature by this much when decoding fails (None: never)")
+    p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
+                   help="print segments as they are decoded (to stderr when text goes to stdout)")
+    p.add_argument("--condition-on-previous-text", type=_bool, default=True)
+    p.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4)
+    p.add_argument("--logprob-threshold", type=_optional_float, default=-1.0)
+    p.add_argument("--no-speech-threshold", type=_optional_float, default=0.6)
+    p.add_argument("--clip-timestamps", default="0",
+                   help="start,end,start,end,... seconds to transcribe")
+    p.add_argument("--hallucination-silence-threshold", type=_optional_float, default=None)
+    p.add_argument("--highlight-words", type=_bool, nargs="?", const=True, default=False,
+                   help="underline each word as spoken in srt/vtt (needs --word-timestamps)")
+    p.add_argument("--max-line-width", type=int, default=None)
+    p.add_argument("--max-line-count", type=int, default=None)
+    p.add_argument("--max-words-per-line", type=int, default=None)
+    return p
+
+
+def _temperatures(args) -> float | tuple[float, ...]:
+    step = args.temperature_increment_on_fallback
+    if not step:
+        return args.temperature
+    temps, t = [], args.temperature
+    while t <= 1.0 + 1e-6:
+        temps.append(round(t, 6))
+        t += step
+    return tuple(temps) or args.temperature
+
+
+def _options(args) -> dict:
+    return {
+        "language": args.language, "task": args.task, "temperature": _temperatures(args),
+        "initial_prompt": args.initial_prompt, "word_timestamps": args.word_timestamps,
+        "condition_on_previous_text": args.condition_on_previous_text,
+        "compression_ratio_threshold": args.compression_ratio_threshold,
+        "logprob_threshold": args.logprob_threshold,
+        "no_speech_threshold": args.no_speech_threshold,
+        "clip_timestamps": args.clip_timestamps,
+        "hallucination_silence_threshold": args.hallucination_silence_threshold,
+    }
+
+
+def _inputs(args) -> list[str]:
+    from mlx_bald.errors import MlxBaldError
+
+    files = list(args.audio)
+    if args.example:
+        from mlx_bald.data.librivox import example_clip
+
+        files.insert(0, str(example_clip().path))
+    if not files:
+        raise MlxBaldError("no input: give audio FILEs, '-' for stdin, or --example")
+    if args.output_name and len(files) > 1:
+        raise MlxBaldError("--output-name needs exactly one input file")
+    if not args.word_timestamps:
+        for opt in _WRITER_OPTIONS:
+            if getattr(args, opt):
+                raise MlxBaldError(f"--{opt.replace('_', '-')} requires --word-timestamps")
+    return files
+
+
+def _output_name(args, path: str, used: set[str]) -> str:
+    name = args.output_name or ("stdin" if path == "-" else Path(path).stem)
+    base, n = name, 2
+    while name in used:  # two inputs with the same stem must not overwrite each other
+        name, n = f"{base}-{n}", n + 1
+    used.add(name)
+    return name
+
+
+def run(args) -> int:
+    from mlx_whisper.writers import get_writer
+    from tqdm import tqdm
+
+    from mlx_bald.audio import SAMPLE_RATE, load_audio
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.hub import resolve_model
+    from mlx_bald.transcribe import transcribe
+
+    files = _inputs(args)
+    to_stdout = args.output_dir is None and args.output_format is None
+    model = str(resolve_model(args.model))  # an unknown model stops here, before any file
+    options = _options(args)
+    writer = writer_kwargs = out_dir = None
+    if not to_stdout:
+        out_dir = Path(args.output_dir or ".")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        writer = get_writer(args.output_format or "txt", str(out_dir))
+        writer_kwargs = {k: getattr(args, k) for k in _WRITER_OPTIONS}
+    # mlx_whisper: verbose=True prints segments (to stdout), False shows a frames bar, None nothing.
+    single_tty = len(files) == 1 and sys.stderr.isatty()
+    verbose = True if args.verbose else (False if single_tty else None)
+    quiet_stdout = contextlib.redirect_stdout(sys.stderr) if to_stdout else contextlib.nullcontext()
+
+    used: set[str] = set()
+    done, audio_seconds, start = 0, 0.0, time.perf_counter()
+    bar = tqdm(files, unit="file", file=sys.stderr, leave=False,
+               disable=len(files) < 2 or not sys.stderr.isatty())
+    for path in bar:
+        try:
+            source = sys.stdin.buffer.read() if path == "-" else path
+            audio = load_audio(source, name="stdin" if path == "-" else path)
+            with quiet_stdout:
+                result = transcribe(audio, model=model, verbose=verbose, **options)
+        except MlxBaldError as e:
+            tqdm.write(f"mlx-bald: error: {e}", file=sys.stderr)
+            continue
+        except Exception as e:  # keep going with the other files; say what broke
+            tqdm.write(f"mlx-bald: error: {path}: transcription failed "
+                       f"({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        done += 1
+        audio_seconds += len(audio) / SAMPLE_RATE
+        if to_stdout:
+            print(result["text"].strip(), flush=True)
+        else:
+            name = _output_name(args, path, used)
+            writer(result, name, **writer_kwargs)
+            ext = "{txt,vtt,srt,tsv,json}" if args.output_format == "all" else \
+                (args.output_format or "txt")
+            tqdm.write(f"{path} -> {out_dir / name}.{ext}", file=sys.stderr)
+    bar.close()
+
+    wall = time.perf_counter() - start
+    rtf = f"{wall / audio_seconds:.2f}" if audio_seconds else "n/a"
+    print(f"mlx-bald: {done}/{len(files)} files transcribed, {audio_seconds:.1f} s of audio "
+          f"in {wall:.1f} s (real-time factor {rtf}) with {args.model}", file=sys.stderr)
+    return 0 if done == len(files) else 1

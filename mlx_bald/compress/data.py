@@ -101,3 +101,12 @@ def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable
 
 def as_numpy_features(clip: Clip) -> np.ndarray:
     return features(clip).numpy()
+
+
+def subset(clips: list[Clip], n: int | None, seed: int = 0) -> list[Clip]:
+    """A fixed random subset (the same for every run with the same seed); all when n is None."""
+    if n is None or n >= len(clips):
+        return list(clips)
+    shuffled = list(clips)
+    random.Random(seed).shuffle(shuffled)
+    return shuffled[:n]

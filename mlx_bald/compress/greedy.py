@@ -1,0 +1,56 @@
+"""Batched greedy decoding of a transformers Whisper on cached encoder states: the quick
+dev-set check used inside the compression recipes (final numbers come from `mlx-bald eval`)."""
+from __future__ import annotations
+
+import torch
+
+from mlx_bald.compress.data import token_sequence, tokenizer
+
+
+@torch.no_grad()
+def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
+                      max_new_tokens: int = 120) -> list[str]:
+    """encoder_states [B, S, d] -> B texts (temperature 0, no timestamps)."""
+    multilingual = model.config.vocab_size >= 51865
+    tok = tokenizer(multilingual)
+    prompt, _ = token_sequence("", language, multilingual)
+    prompt = prompt[:-2] if len(prompt) > 2 else prompt  # drop the encoded " " and eot
+    prompt = [t for t in prompt if t != tok.eot]
+    b = encoder_states.shape[0]
+    dtype = next(model.parameters()).dtype
+    enc = (encoder_states.to(dtype),)
+    ids = torch.tensor([prompt] * b)
+    out = model(encoder_outputs=enc, decoder_input_ids=ids, use_cache=True)
+    past, done = out.past_key_values, torch.zeros(b, dtype=torch.bool)
+    generated: list[list[int]] = [[] for _ in range(b)]
+    logits = out.logits[:, -1]
+    for _ in range(max_new_tokens):
+        logits[:, tok.no_timestamps:] = -float("inf")  # no timestamps, no special tokens
+        logits[:, tok.eot + 1:tok.no_timestamps] = -float("inf")
+        nxt = logits.argmax(-1)
+        for i in range(b):
+            if not done[i]:
+                if int(nxt[i]) == tok.eot:
+                    done[i] = True
+                else:
+                    generated[i].append(int(nxt[i]))
+        if bool(done.all()):
+            break
+        out = model(encoder_outputs=enc, decoder_input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        past, logits = out.past_key_values, out.logits[:, -1]
+    return [tok.decode(g).strip() for g in generated]
+
+
+def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120) -> float:
+    """Corpus WER (%) of ``model`` on ``clips`` using their cached encoder states."""
+    from mlx_bald.compress.distill import load_cached_encoder_output
+    from mlx_bald.evaluate import corpus_wer
+
+    model.eval()
+    hyps: list[str] = []
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start:start + batch_size]
+        states = torch.stack([load_cached_encoder_output(cache, c.id) for c in chunk])
+        hyps += greedy_transcribe(model, states, chunk[0].language, max_new_tokens)
+    wer, _ = corpus_wer([c.text for c in clips], hyps, clips[0].language)
+    return wer

@@ -1,0 +1,200 @@
+"""The BaldWhisper recipe, end to end: (teacher fine-tune) -> alpha/beta search -> merged
+student -> low-rank tied embedding with feature distillation -> compressed checkpoint.
+
+Two students from one recipe:
+- language-specialised (``lang`` given, ``general=False``): teacher = base fine-tuned on the
+  language's train split (decoder only); student trained with CE + KL + feature loss;
+- general-purpose (``general=True``): no labels, no fine-tuned teacher. The student is
+  distilled against the ORIGINAL base on unlabelled audio, whose targets are base's own
+  greedy transcripts (sequence-level KD) plus KL on base's distributions at every step.
+Every stage checkpoints under ``out/work`` and is skipped when already done (resume).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import resource
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from mlx_bald.compress.data import (batches_from_cache, encoder_cache_dir, ensure_encoder_cache, subset)
+from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
+from mlx_bald.compress.embedding import factorize_embedding
+from mlx_bald.compress.greedy import dev_wer, greedy_transcribe
+from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
+from mlx_bald.spec import CompressionSpec, MergeGroup
+
+
+@dataclass
+class BaldOptions:
+    out: Path
+    model: str = "whisper-base"
+    lang: str = "cs"
+    general: bool = False
+    groups: list[list[int]] = field(default_factory=lambda: [[0, 1], [2, 3], [4, 5]])
+    alphas: list[float] | None = None  # weight of the LOWER layer of each pair; None -> search
+    search_grid: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65, 0.8])
+    search_steps: int = 40
+    embedding_rank: int = 96
+    teacher_steps: int = 300
+    merge_steps: int = 400
+    embed_steps: int = 300
+    batch_size: int = 8
+    lr: float = 1e-4
+    max_train_clips: int | None = None
+    dev_clips: int = 48
+    seed: int = 0
+
+
+def _log(msg: str) -> None:
+    print(f"[bald] {msg}", file=sys.stderr, flush=True)
+
+
+def _peak_rss_gib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+class _Run:
+    """Shared state: data, caches, the report written after every stage."""
+
+    def __init__(self, o: BaldOptions):
+        from mlx_bald.data import load_set
+        from mlx_bald.torch_ref import load_torch_model
+
+        self.o, self.work = o, Path(o.out) / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.report_path = Path(o.out) / "report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
+        self.report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+        self.t0 = time.time()
+        self.base = copy.deepcopy(load_torch_model(o.model)).eval()
+        sets = {s: f"fillets-{o.lang}:{s}" for s in ("train", "dev")}
+        self.train = subset(load_set(sets["train"]), o.max_train_clips, o.seed)
+        self.dev = load_set(sets["dev"])[: o.dev_clips]
+        self.caches = {}
+        for split, clips in (("dev", self.dev), ("train", self.train)):
+            self.caches[split] = ensure_encoder_cache(self.base, o.model, sets[split], clips)
+
+    def save_report(self, **updates) -> None:
+        self.report.update(updates)
+        self.report["wall_seconds"] = round(time.time() - self.t0 + self.report.get("_prior_wall", 0), 1)
+        self.report["peak_rss_gib"] = round(max(_peak_rss_gib(), self.report.get("peak_rss_gib", 0)), 2)
+        tmp = self.report_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.report, indent=2))
+        tmp.replace(self.report_path)
+
+    def batches(self, texts=None, seed_offset=0):
+        return batches_from_cache(self.train, self.caches["train"], self.o.batch_size,
+                                  self.o.seed + seed_offset, texts=texts)
+
+    def cfg(self, steps: int, **kw) -> DistillConfig:
+        return DistillConfig(lr=self.o.lr, steps=steps, seed=self.o.seed,
+                             checkpoint_every=max(50, steps // 4), **kw)
+
+    def dev_wer(self, model) -> float:
+        return round(dev_wer(model, self.dev, self.caches["dev"]), 2)
+
+
+def _pseudo_labels(run: _Run) -> dict[str, str]:
+    """The original base's own greedy transcripts of the training audio (no labels used)."""
+    path = run.work / "pseudo_labels.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    from tqdm import tqdm
+
+    labels: dict[str, str] = {}
+    clips = run.train
+    for start in tqdm(range(0, len(clips), 8), desc="pseudo-labels", file=sys.stderr):
+        chunk = clips[start:start + 8]
+        states = torch.stack([load_cached_encoder_output(run.caches["train"], c.id) for c in chunk])
+        for c, text in zip(chunk, greedy_transcribe(run.base, states, c.language)):
+            labels[c.id] = text
+    path.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
+    return labels
+
+
+def _teacher(run: _Run):
+    """Decoder-only fine-tune of base on the language's train split (CE), or base itself."""
+    o = run.o
+    if o.general:
+        return run.base
+    done = run.work / "teacher"
+    if (done / "model.safetensors").exists():
+        from transformers import WhisperForConditionalGeneration
+        return WhisperForConditionalGeneration.from_pretrained(done, dtype=torch.float32).eval()
+    _log(f"teacher fine-tune: {o.teacher_steps} steps on {len(run.train)} clips")
+    teacher = copy.deepcopy(run.base)
+    cfg = run.cfg(o.teacher_steps, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
+    train_decoder(teacher, run.base, run.batches(), cfg, run.work / "teacher-ckpt")
+    teacher.save_pretrained(done)
+    run.save_report(teacher={"dev_wer": run.dev_wer(teacher), "steps": o.teacher_steps,
+                             "params": count_parameters(teacher)})
+    return teacher.eval()
+
+
+def _merge_spec(o: BaldOptions, alphas: list[float]) -> CompressionSpec:
+    return CompressionSpec(decoder_merge=[MergeGroup(list(g), [a, 1.0 - a]) for g, a in zip(o.groups, alphas)],
+                           recipe=["bald"])
+
+
+def _search(run: _Run, teacher, texts) -> list[float]:
+    """Shared alpha per pair over the grid: short distillation, then dev WER; every trial kept."""
+    o = run.o
+    if o.alphas is not None:
+        return list(o.alphas)
+    trials = run.report.get("search", [])
+    tried = {t["alpha"] for t in trials}
+    for alpha in o.search_grid:
+        if alpha in tried:
+            continue
+        student = apply_spec(copy.deepcopy(teacher), _merge_spec(o, [alpha] * len(o.groups)))
+        untrained = run.dev_wer(student)
+        train_decoder(student, teacher, run.batches(texts, seed_offset=1), run.cfg(o.search_steps), None)
+        trials.append({"alpha": alpha, "beta": round(1 - alpha, 4), "dev_wer_untrained": untrained,
+                       "dev_wer": run.dev_wer(student), "steps": o.search_steps})
+        _log(f"search: alpha={alpha} -> dev WER {trials[-1]['dev_wer']} (untrained {untrained})")
+        run.save_report(search=trials)
+    best = min(trials, key=lambda t: t["dev_wer"])
+    return [best["alpha"]] * len(o.groups)
+
+
+def run_bald(o: BaldOptions) -> Path:
+    """Run the recipe; returns the final compressed checkpoint folder (``out/student``)."""
+    run = _Run(o)
+    run.save_report(base={"params": count_parameters(run.base), "dev_wer": run.report.get("base", {}).get("dev_wer")
+                          or run.dev_wer(run.base)})
+    texts = _pseudo_labels(run) if o.general else None
+    teacher = _teacher(run)
+    alphas = _search(run, teacher, texts)
+    spec = _merge_spec(o, alphas)
+    spec.notes = {"teacher": "whisper-base" if o.general else f"whisper-base fine-tuned on fillets-{o.lang}:train",
+                  "student": "general" if o.general else f"specialised-{o.lang}", "seed": o.seed,
+                  "train_clips": len(run.train)}
+
+    merged_dir = run.work / "merged"
+    if not (merged_dir / "model.safetensors").exists():
+        _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
+        student = apply_spec(copy.deepcopy(teacher), spec)
+        train_decoder(student, teacher, run.batches(texts, 2), run.cfg(o.merge_steps), run.work / "merged-ckpt")
+        save_compressed(student, spec, merged_dir)
+        run.save_report(merged={"dev_wer": run.dev_wer(student), "params": count_parameters(student),
+                                "alphas": alphas})
+    from mlx_bald.compress.model import load_compressed
+    student, spec = load_compressed(merged_dir)
+
+    final = Path(o.out) / "student"
+    if not (final / "model.safetensors").exists():
+        _log(f"rank-{o.embedding_rank} embedding: {o.embed_steps} steps with feature distillation")
+        factorize_embedding(student, o.embedding_rank)
+        spec.embedding_rank = o.embedding_rank
+        setattr(student.config, SPEC_KEY, spec.to_dict())
+        train_decoder(student, teacher, run.batches(texts, 3), run.cfg(o.embed_steps, feature_weight=0.1),
+                      run.work / "embed-ckpt")
+        save_compressed(student, spec, final)
+        run.save_report(student={"dev_wer": run.dev_wer(student), "params": count_parameters(student),
+                                 "spec": spec.to_dict()})
+    return final

@@ -43,7 +43,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--merge-steps", type=int, default=400)
     p.add_argument("--embed-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the students")
+    p.add_argument("--teacher-lr", type=float, default=1e-5, help="learning rate of the teacher fine-tune")
     p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=int, default=48, help="dev clips for the search and stage checks")
     p.add_argument("--seed", type=int, default=0)
@@ -64,7 +65,7 @@ def run(args) -> int:
                        search_grid=args.search_grid, search_steps=args.search_steps,
                        embedding_rank=args.rank, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
-                       batch_size=args.batch_size, lr=args.lr, max_train_clips=args.max_train_clips,
+                       batch_size=args.batch_size, lr=args.lr, teacher_lr=args.teacher_lr, max_train_clips=args.max_train_clips,
                        dev_clips=args.dev_clips, seed=args.seed)
     student = run_bald(opts)
     mlx_dir = convert_checkpoint(student, args.out / "mlx")

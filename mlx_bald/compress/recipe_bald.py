@@ -44,7 +44,8 @@ class BaldOptions:
     merge_steps: int = 400
     embed_steps: int = 300
     batch_size: int = 8
-    lr: float = 1e-4
+    lr: float = 5e-5  # students (they have more to recover)
+    teacher_lr: float = 1e-5  # the usual Whisper fine-tuning rate: higher damages base here
     max_train_clips: int | None = None
     dev_clips: int = 48
     seed: int = 0
@@ -91,8 +92,8 @@ class _Run:
         return batches_from_cache(self.train, self.caches["train"], self.o.batch_size,
                                   self.o.seed + seed_offset, texts=texts)
 
-    def cfg(self, steps: int, **kw) -> DistillConfig:
-        return DistillConfig(lr=self.o.lr, steps=steps, seed=self.o.seed,
+    def cfg(self, steps: int, lr: float | None = None, **kw) -> DistillConfig:
+        return DistillConfig(lr=lr or self.o.lr, steps=steps, seed=self.o.seed,
                              checkpoint_every=max(50, steps // 4), **kw)
 
     def dev_wer(self, model) -> float:
@@ -128,7 +129,7 @@ def _teacher(run: _Run):
         return WhisperForConditionalGeneration.from_pretrained(done, dtype=torch.float32).eval()
     _log(f"teacher fine-tune: {o.teacher_steps} steps on {len(run.train)} clips")
     teacher = copy.deepcopy(run.base)
-    cfg = run.cfg(o.teacher_steps, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
+    cfg = run.cfg(o.teacher_steps, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
     train_decoder(teacher, run.base, run.batches(), cfg, run.work / "teacher-ckpt")
     teacher.save_pretrained(done)
     run.save_report(teacher={"dev_wer": run.dev_wer(teacher), "steps": o.teacher_steps,
@@ -197,4 +198,34 @@ def run_bald(o: BaldOptions) -> Path:
         save_compressed(student, spec, final)
         run.save_report(student={"dev_wer": run.dev_wer(student), "params": count_parameters(student),
                                  "spec": spec.to_dict()})
+    _final_table(run, teacher, final)
     return final
+
+
+def _final_table(run: _Run, teacher, final: Path) -> None:
+    """WER of every stage on the language's test split and on LibriVox (English), decoded
+    greedily on cached encoder states (all stages share base's encoder), plus parameters."""
+    from mlx_bald.compress.model import load_compressed
+    from mlx_bald.data import load_set
+
+    if run.report.get("table"):
+        return
+    o = run.o
+    sets = {"test": f"fillets-{o.lang}:test", "librivox": "librivox"}
+    clips = {k: load_set(v) for k, v in sets.items()}
+    caches = {k: ensure_encoder_cache(run.base, o.model, sets[k], clips[k]) for k in sets}
+    models = {"whisper-base": run.base}
+    if not o.general:
+        models["teacher"] = teacher
+    models["merged"] = load_compressed(run.work / "merged")[0]
+    models["merged+lowrank-embedding"] = load_compressed(final)[0]
+    rows = []
+    for name, m in models.items():
+        row = {"model": name, "params": count_parameters(m)}
+        for k in sets:
+            row[f"wer_{k}"] = round(dev_wer(m, clips[k], caches[k]), 2)
+        rows.append(row)
+        _log(f"table: {row}")
+    run.save_report(table=rows, table_sets={k: f"{v} ({len(clips[k])} clips)" for k, v in sets.items()},
+                    table_decoding="greedy on cached base encoder states (torch), whisper-basic "
+                                   "normaliser for non-English, whisper-english for LibriVox")

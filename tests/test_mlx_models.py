@@ -295,3 +295,19 @@ def test_mlx_whisper_transcribe_with_word_timestamps(vocab_model):
     # random weights give arbitrary timestamps; word timings must still be attached
     assert all("words" in segment for segment in result["segments"])
     assert any(segment["words"] for segment in result["segments"])  # forward_with_cross_qk ran
+
+
+def test_long_incremental_decoding_crosses_cache_buckets():
+    """Eager one-token steps read only the filled cache slots (buckets of 64): decoding
+    past several bucket edges equals the full-sequence forward."""
+    dims = tiny_dims(n_text_ctx=160, n_audio_layer=1, n_text_layer=1)
+    model = random_model(dims)
+    xa = model.encoder(random_mel(dims))
+    tokens = mx.array(np.random.default_rng(5).integers(0, dims.n_vocab, (1, 140)))
+    full = model.decoder(tokens, xa)[0]
+    logits, cache, _ = model.decoder(tokens[:, :1], xa)
+    steps = [logits]
+    for t in range(1, tokens.shape[1]):
+        logits, cache, _ = model.decoder(tokens[:, t:t + 1], xa, cache, compiled=False)
+        steps.append(logits)
+    assert max_diff(mx.concatenate(steps, axis=1), full) < 1e-4

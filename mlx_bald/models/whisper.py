@@ -123,9 +123,11 @@ class TextDecoder(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def _run(self, tokens: mx.array, offset: mx.array, self_k, self_v, cross_k, cross_v,
-             with_qk: bool = False):
+             with_qk: bool = False, visible: int | None = None):
         """Tokens at positions offset.. (offset: int32 [1]); pure in its array inputs, so
-        the one-token case can be compiled. Returns logits, new self K/V, cross qk."""
+        the one-token case can be compiled. Returns logits, new self K/V, cross qk.
+        ``visible`` (eager one-token steps): attend over only the first ``visible`` cache
+        slots instead of all n_text_ctx; the rest are empty anyway."""
         n_tokens = tokens.shape[1]
         positions = offset + mx.arange(n_tokens)
         x = self.token_embedding(tokens) + self.positional_embedding[positions]
@@ -143,6 +145,8 @@ class TextDecoder(nn.Module):
             values = mx.slice_update(self_v[i], v, offset, axes=(2,))
             new_k.append(keys)
             new_v.append(values)
+            if visible is not None and n_tokens == 1:
+                keys, values = keys[:, :, :visible], values[:, :, :visible]
             x = x + a.attend(a.project_q(y), keys, values, mask=mask, kv_len=kv_len)[0]
             c = block.cross_attn
             out, qk = c.attend(c.project_q(block.cross_attn_ln(x)), cross_k[i], cross_v[i],
@@ -181,7 +185,10 @@ class TextDecoder(nn.Module):
             logits, new_k, new_v = self.step_function()(x, offset, *arrays)
             cross_qk = [None] * len(self.blocks)
         else:
-            logits, new_k, new_v, cross_qk = self._run(x, offset, *arrays, with_qk=return_cross_qk)
+            # read the filled part of the cache only, in buckets of 64 slots (few distinct shapes)
+            visible = min(self.n_ctx, -(-(start + 1) // 64) * 64) if n_tokens == 1 else None
+            logits, new_k, new_v, cross_qk = self._run(x, offset, *arrays, with_qk=return_cross_qk,
+                                                        visible=visible)
         filled = mx.ones((n_batch, start + n_tokens), dtype=mx.bool_)
         return logits, DecoderCache(new_k, new_v, cache.cross_k, cache.cross_v, filled), cross_qk
 

@@ -5,7 +5,14 @@ import argparse
 import sys
 from pathlib import Path
 
-RECIPES = ("bald",)
+RECIPES = ("bald", "prune", "adaptwin")
+
+
+def _recipe(text: str) -> tuple[str, ...]:
+    parts = [x.strip() for x in text.split("+") if x.strip()]
+    if not parts or any(x not in RECIPES for x in parts) or len(set(parts)) != len(parts):
+        raise argparse.ArgumentTypeError(f"recipe {text!r}: one or more of {', '.join(RECIPES)} joined by '+'")
+    return tuple(x for x in RECIPES if x in parts)  # the order they are applied in
 
 
 def _groups(text: str) -> list[list[int]]:
@@ -13,6 +20,18 @@ def _groups(text: str) -> list[list[int]]:
         return [[int(x) for x in g.split("-")] for g in text.split(",")]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"groups look like 0-1,2-3,4-5 (got {text!r})") from e
+
+
+def _span(text: str) -> tuple[float, float] | None:
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(x) for x in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX seconds or none (got {text!r})") from e
+    if not 0 < lo <= hi <= 30:
+        raise argparse.ArgumentTypeError(f"window seconds {text!r}: need 0 < MIN <= MAX <= 30")
+    return lo, hi
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -23,8 +42,17 @@ def register(sub) -> argparse.ArgumentParser:
                     "bald: BaldWhisper = decoder layer merging (alpha/beta searched on the dev split) + "
                     "low-rank tied embedding with feature distillation; with --lang the teacher is base "
                     "fine-tuned on that language, with --general the student is distilled from the "
-                    "original base on unlabelled audio (keeps other languages). Needs the [compress] extra.")
-    p.add_argument("--recipe", choices=RECIPES, default="bald")
+                    "original base on unlabelled audio (keeps other languages). "
+                    "adaptwin: AdaPTwin encoder compression = product-twin attention + low-rank FFN with LoRA, "
+                    "fine-tuned layer by layer on base hidden states from unlabelled --lang train audio; "
+                    "variable compression keeps the twins with the lowest measured error to reach "
+                    "--compression. prune: drop the --prune lowest-scoring encoder layers and retrain the "
+                    "layer after each cut as a bridge. Combinations join with '+', e.g. bald+adaptwin, "
+                    "prune+adaptwin, bald+prune+adaptwin: bald makes the decoder side, prune then adaptwin "
+                    "the encoder side (both trained against the base), and the two are joined into one "
+                    "checkpoint whose spec lists everything. Needs the [compress] extra.")
+    p.add_argument("--recipe", type=_recipe, default=("bald",),
+                   help="bald, prune, adaptwin, or a '+' combination (applied as bald, prune, adaptwin)")
     p.add_argument("--model", default="whisper-base", help="model to compress")
     p.add_argument("--lang", default="cs", help="language of the fillets-<lang> training audio")
     p.add_argument("--general", action="store_true",
@@ -48,26 +76,90 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=int, default=48, help="dev clips for the search and stage checks")
     p.add_argument("--seed", type=int, default=0)
+    enc = p.add_argument_group("encoder recipes (prune, adaptwin)")
+    enc.add_argument("--compression", type=float, default=0.5,
+                     help="adaptwin: target fraction of the kept encoder layers' parameters removed")
+    enc.add_argument("--prune", type=int, default=None, help="prune: encoder layers to drop; None = 1 with a prune recipe")
+    enc.add_argument("--attn-rank", type=int, default=None,
+                     help="adaptwin: per-head rank r_a + l_a (default 0.625 d_head, 40 for base)")
+    enc.add_argument("--ffn-rank", type=int, default=None,
+                     help="adaptwin: FFN rank r_f + l_f (default 180/512 d_model, 180 for base)")
+    enc.add_argument("--train-clips", type=int, default=960,
+                     help="unlabelled fillets-<lang> train clips whose base hidden states train the layers")
+    enc.add_argument("--pack-seconds", type=_span, default=(5.0, 28.0),
+                     help="pack train clips into encoder windows of this many seconds (MIN,MAX; 'none': one clip each)")
+    enc.add_argument("--heldout-clips", type=int, default=12, help="dev clips that measure layer errors")
+    enc.add_argument("--layer-epochs", type=int, default=2, help="epochs of layer-wise fine-tuning per twin")
+    enc.add_argument("--bridge-epochs", type=int, default=1, help="epochs per pruning bridge layer")
+    enc.add_argument("--layer-lr", type=float, default=3e-4, help="peak learning rate (linear decay)")
+    enc.add_argument("--layer-batch-size", type=int, default=4)
     return p
+
+
+def _encoder(args, out: Path):
+    from mlx_bald.compress.recipe_adaptwin import EncoderOptions, run_encoder
+
+    if args.prune is not None and "prune" not in args.recipe:
+        raise argparse.ArgumentTypeError("--prune needs a recipe with prune (e.g. --recipe prune)")
+    n_prune = (1 if args.prune is None else args.prune) if "prune" in args.recipe else 0
+    opts = EncoderOptions(out=out, model=args.model, lang=args.lang, adaptwin="adaptwin" in args.recipe,
+                          compression=args.compression, prune=n_prune, attn_rank=args.attn_rank,
+                          ffn_rank=args.ffn_rank, train_clips=args.train_clips, pack_seconds=args.pack_seconds,
+                          heldout_clips=args.heldout_clips,
+                          epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
+                          lr=args.layer_lr, seed=args.seed)
+    return run_encoder(opts, out / "student")
 
 
 def run(args) -> int:
     try:
-        from mlx_bald.compress.recipe_bald import BaldOptions, run_bald
+        from mlx_bald.compress.recipe_bald import run_bald
     except ImportError as e:
         from mlx_bald.errors import MlxBaldError
         raise MlxBaldError(f"compression needs the [compress] extra (torch, transformers): {e}") from e
     from converters.torch_to_mlx import convert_checkpoint
     from mlx_bald.paths import models_dir
 
-    opts = BaldOptions(out=args.out, model=args.model, lang=args.lang, general=args.general,
+    recipe = tuple(args.recipe)
+    if recipe != ("bald",):
+        from mlx_bald.errors import MlxBaldError
+        try:
+            student = _combined(args, recipe)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            raise MlxBaldError(str(e)) from e
+        return _finish(args, student, convert_checkpoint, models_dir)
+    opts = _bald_options(args, args.out)
+    student = run_bald(opts)
+    return _finish(args, student, convert_checkpoint, models_dir)
+
+
+def _bald_options(args, out: Path):
+    from mlx_bald.compress.recipe_bald import BaldOptions
+
+    return BaldOptions(out=out, model=args.model, lang=args.lang, general=args.general,
                        groups=args.groups, alphas=None if args.alpha is None else [args.alpha] * len(args.groups),
                        search_grid=args.search_grid, search_steps=args.search_steps,
                        embedding_rank=args.rank, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
-                       batch_size=args.batch_size, lr=args.lr, teacher_lr=args.teacher_lr, max_train_clips=args.max_train_clips,
-                       dev_clips=args.dev_clips, seed=args.seed)
-    student = run_bald(opts)
+                       batch_size=args.batch_size, lr=args.lr, teacher_lr=args.teacher_lr,
+                       max_train_clips=args.max_train_clips, dev_clips=args.dev_clips, seed=args.seed)
+
+
+def _combined(args, recipe: tuple[str, ...]) -> Path:
+    """Encoder recipes alone (out/student), or bald in out/bald + encoder in out/encoder,
+    joined into out/student."""
+    if "bald" not in recipe:
+        return _encoder(args, args.out)
+    from mlx_bald.compress.recipe_bald import run_bald
+    from mlx_bald.compress.recipe_combine import combine
+    from mlx_bald.torch_ref import load_torch_model
+
+    decoder_side = run_bald(_bald_options(args, args.out / "bald"))
+    encoder_side = _encoder(args, args.out / "encoder")
+    return combine(decoder_side, encoder_side, args.out / "student", base=load_torch_model(args.model))
+
+
+def _finish(args, student: Path, convert_checkpoint, models_dir) -> int:
     mlx_dir = convert_checkpoint(student, args.out / "mlx")
     if args.name:
         convert_checkpoint(student, models_dir() / args.name / "mlx")

@@ -1,0 +1,210 @@
+"""Encoder hidden states cached on disk, and a layer trainer that reads them.
+
+AdaPTwin's layer-wise objective is ||T'(X_in) - X_out||^2 with (X_in, X_out) taken from the
+ORIGINAL encoder. ``layerwise.layerwise_finetune`` re-runs the original encoder up to the
+layer for every batch; here the original runs once per clip and every layer boundary is kept
+(fp16, one safetensors file per clip), so each training step costs only the layer itself, and
+the same states also serve the pruning recovery, whose "bridge" layers learn X_a -> X_b
+across removed layers. Training streams a batch at a time from disk (never all states in
+memory), with a progress bar and a resumable checkpoint.
+
+Boundary k (key ``h{k}``) is the input of encoder layer k; ``h{n}`` is the last layer's
+output, before the encoder's final LayerNorm.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from .layerwise import capture_layer_io, layer_mse
+
+_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
+
+
+class HiddenStates:
+    """Per-clip encoder boundaries ``h0..hN`` in ``folder``."""
+
+    def __init__(self, folder: str | os.PathLike):
+        self.folder = Path(folder)
+
+    def path(self, clip_id: str) -> Path:
+        return self.folder / f"{_SAFE_ID.sub('_', clip_id)}.safetensors"
+
+    def has(self, clip_id: str) -> bool:
+        return self.path(clip_id).is_file()
+
+    @torch.no_grad()
+    def build(self, model: nn.Module, clips: Iterable[tuple[str, torch.Tensor]], batch_size: int = 4,
+              progress: bool = True) -> int:
+        """Run ``model``'s encoder on ``clips`` ((id, input_features [n_mels, T]) pairs) and
+        store every layer boundary. Clips already stored are skipped; returns how many ran."""
+        from tqdm.auto import tqdm
+
+        self.folder.mkdir(parents=True, exist_ok=True)
+        layers = {f"{i}": l for i, l in enumerate(model.model.encoder.layers)}
+        n = len(layers)
+        pending: list[tuple[str, torch.Tensor]] = []
+        done = 0
+
+        def flush() -> None:
+            nonlocal done
+            io = capture_layer_io(model, layers, {"input_features": torch.stack([f for _, f in pending])},
+                                  stop_early=False)
+            bounds = [io[f"{i}"][0][0] for i in range(n)] + [io[f"{n - 1}"][2]]
+            for row, (cid, _) in enumerate(pending):
+                tensors = {f"h{k}": b[row].to(torch.float16).contiguous() for k, b in enumerate(bounds)}
+                if not all(torch.isfinite(t).all() for t in tensors.values()):
+                    raise ValueError(f"{cid}: hidden states overflow fp16")
+                tmp = self.path(cid).with_suffix(".tmp")
+                save_file(tensors, str(tmp))
+                tmp.replace(self.path(cid))
+            done += len(pending)
+            pending.clear()
+
+        model.eval()
+        for cid, feats in tqdm(clips, desc="hidden states", disable=not progress, unit="clip"):
+            if self.has(cid):
+                continue
+            pending.append((cid, feats))
+            if len(pending) == batch_size:
+                flush()
+        if pending:
+            flush()
+        return done
+
+    def load(self, clip_ids: Sequence[str], *keys: int) -> list[torch.Tensor]:
+        """For each boundary index in ``keys``: a float32 [B, T, d] stack over ``clip_ids``."""
+        out: list[list[torch.Tensor]] = [[] for _ in keys]
+        for cid in clip_ids:
+            with safe_open(str(self.path(cid)), framework="pt") as f:
+                for slot, k in enumerate(keys):
+                    out[slot].append(f.get_tensor(f"h{k}"))
+        return [torch.stack(t).float() for t in out]
+
+
+@dataclass
+class LayerTrainConfig:
+    lr: float = 3e-4  # peak; decays linearly to 0 over the run
+    epochs: int = 2
+    batch_size: int = 4
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    checkpoint_every: int = 20
+    seed: int = 0
+
+
+def _epoch_batches(ids: Sequence[str], cfg: LayerTrainConfig, epoch: int) -> list[list[str]]:
+    order = list(ids)
+    random.Random(cfg.seed * 1000 + epoch).shuffle(order)
+    return [order[i:i + cfg.batch_size] for i in range(0, len(order), cfg.batch_size)]
+
+
+def _steps(ids: Sequence[str], cfg: LayerTrainConfig) -> Iterator[tuple[int, list[str]]]:
+    for epoch in range(cfg.epochs):
+        for batch in _epoch_batches(ids, cfg, epoch):
+            yield epoch, batch
+
+
+def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
+                cfg: LayerTrainConfig, ckpt: str | os.PathLike | None = None, desc: str = "layer",
+                progress: bool = True) -> dict[str, float]:
+    """Train ``layer`` (all its parameters, spectral and LoRA alike) so that
+    layer(h_src) ~ h_dst in MSE over clips ``ids``. ``dst = src + 1`` is AdaPTwin's layer-wise
+    fine-tuning; ``dst > src + 1`` trains a bridge across removed layers. With ``ckpt`` the
+    state is saved every ``cfg.checkpoint_every`` steps and a rerun resumes from it.
+    Returns {"loss_first_epoch", "loss_last_epoch", "steps"} (mean MSE per epoch)."""
+    from tqdm.auto import tqdm
+
+    if not ids:
+        raise ValueError("no clips to train on")
+    total = cfg.epochs * math.ceil(len(ids) / cfg.batch_size)
+    params = [p for p in layer.parameters()]
+    for p in params:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
+    sums: dict[int, list[float]] = {}  # epoch -> [loss sum, batches]
+    step = 0
+    path = Path(ckpt) if ckpt is not None else None
+    if path is not None and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        layer.load_state_dict(state["layer"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step, sums = state["step"], {int(k): v for k, v in state["sums"].items()}
+
+    def save() -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({"layer": layer.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                    "step": step, "sums": sums, "config": asdict(cfg), "src": src, "dst": dst}, tmp)
+        tmp.replace(path)
+
+    layer.train()
+    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
+    for i, (epoch, batch) in enumerate(_steps(ids, cfg)):
+        if i < step:
+            continue  # done before the resume point (the order is a function of seed and epoch)
+        x, y = states.load(batch, src, dst)
+        loss = layer_mse(layer, (x, None), {}, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        opt.step()
+        sched.step()
+        step += 1
+        acc = sums.setdefault(epoch, [0.0, 0])
+        acc[0] += loss.item()
+        acc[1] += 1
+        bar.update(1)
+        bar.set_postfix(mse=f"{loss.item():.4g}")
+        if step % cfg.checkpoint_every == 0:
+            save()
+    bar.close()
+    save()
+    layer.eval()
+    for p in params:
+        p.requires_grad_(False)
+    first, last = sums[min(sums)], sums[max(sums)]
+    return {"loss_first_epoch": first[0] / first[1], "loss_last_epoch": last[0] / last[1], "steps": step}
+
+
+def speech_mask(ids: Sequence[str], frames: Mapping[str, int] | None, length: int) -> torch.Tensor:
+    """[B, T] True on each clip's speech frames (its first ``frames[id]``); all True without ``frames``."""
+    mask = torch.ones(len(ids), length, dtype=torch.bool)
+    if frames is not None:
+        for row, cid in enumerate(ids):
+            mask[row, frames[cid]:] = False
+    return mask
+
+
+@torch.no_grad()
+def relative_layer_error(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
+                         batch_size: int = 4, frames: Mapping[str, int] | None = None) -> float:
+    """sum ||layer(h_src) - h_dst||^2 / sum ||h_dst - h_src||^2: the part of the original
+    layer's (or layers') update that ``layer`` gets wrong, on clips ``ids``; with ``frames``
+    only over each clip's speech frames (Whisper pads every input to 30 s)."""
+    layer.eval()
+    err = ref = 0.0
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        x, y = states.load(chunk, src, dst)
+        out = layer(x, None)
+        out = out[0] if isinstance(out, tuple) else out
+        keep = speech_mask(chunk, frames, x.shape[1])
+        err += float(((out - y) ** 2).sum(-1)[keep].sum())
+        ref += float(((y - x) ** 2).sum(-1)[keep].sum())
+    return err / max(ref, 1e-30)

@@ -1,0 +1,402 @@
+"""The AdaPTwin encoder recipe, with variable compression and optional layer pruning.
+
+1. Hidden states: the language's TRAIN clips (no transcripts used) are packed back to back
+   into encoder windows of random length (5-28 s of speech, the rest Whisper's padding):
+   single short clips padded to 30 s are ~90% padding, and a plain MSE over such windows
+   fits the padding and leaves the speech frames poorly fitted. The base encoder runs once
+   over the windows and over held-out DEV clips (single, as at inference); every layer
+   boundary is cached on disk (``layer_cache``), shared by all runs of the same model.
+2. Twins: every encoder layer is compressed (product-twin attention at head rank r_a + l_a,
+   low-rank FFN at r_f + l_f, LoRA = 1/5 resp. 1/10 of it as in the paper, activation-aware
+   SVD init) and fine-tuned layer-wise, one layer after another, on ||T'(X_in) - X_out||^2.
+   Each finished layer is saved; an interrupted layer resumes from its checkpoint.
+3. Pruning (``recipe_prune``): the lowest-scoring layers are dropped and the kept layer after
+   each cut is retrained as a bridge (dense and twin versions).
+4. Variable compression, no retraining: each kept layer's twin is swapped alone into the
+   (pruned) dense encoder and the change of the final encoder output on held-out audio is
+   measured; the lowest-error twins are kept until the parameter saving is closest to the
+   target fraction of the kept encoder layers' parameters.
+5. The result is a compressed checkpoint (``save_compressed``) whose spec lists the pruned
+   layers and the low-rank modules of the chosen layers.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import random
+import re
+import resource
+import sys
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mlx_bald.compress.data import features, subset
+from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, relative_layer_error, speech_mask,
+                                           train_layer)
+from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
+from mlx_bald.compress.recipe_prune import bridge_plan, choose_pruned, load_bridge, train_bridges
+from mlx_bald.compress.twins import split_rank
+from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
+
+
+@dataclass
+class EncoderOptions:
+    out: Path
+    model: str = "whisper-base"
+    lang: str = "cs"
+    adaptwin: bool = True
+    compression: float = 0.5  # target fraction of the kept encoder layers' parameters removed
+    prune: int = 0  # encoder layers to drop
+    attn_rank: int | None = None  # r_a + l_a per head; None: 0.625 d_head (paper: 40 of 64)
+    ffn_rank: int | None = None  # r_f + l_f; None: 180/512 d_model (paper: 180 for base)
+    train_clips: int | None = 960  # source clips (None: the whole train split)
+    pack_seconds: tuple[float, float] | None = (5.0, 28.0)  # window speech length range; None: one clip each
+    heldout_clips: int = 12
+    epochs: int = 2
+    bridge_epochs: int = 1
+    batch_size: int = 4
+    lr: float = 3e-4
+    seed: int = 0
+
+
+# options that change what is trained or measured: a rerun in the same folder must keep them
+_TRAINING_OPTIONS = ("model", "lang", "attn_rank", "ffn_rank", "train_clips", "pack_seconds", "heldout_clips",
+                     "epochs", "bridge_epochs", "batch_size", "lr", "seed")
+
+
+def _log(msg: str) -> None:
+    print(f"[encoder] {msg}", file=sys.stderr, flush=True)
+
+
+def default_ranks(config) -> tuple[int, int]:
+    """(attention, FFN) effective ranks: the paper's 50% setting for Whisper base
+    (r_a + l_a = 40 of d_head 64, r_f + l_f = 180 of d_model 512), scaled to ``config``."""
+    d_head = config.d_model // config.encoder_attention_heads
+    return max(2, round(0.625 * d_head)), max(2, round(180 / 512 * config.d_model))
+
+
+def select_layers(errors: dict[int, float], savings: dict[int, int], total: int, target: float) -> list[int]:
+    """Variable compression: take layers in order of increasing measured error and stop at
+    the prefix whose parameter saving (a fraction of ``total``) is closest to ``target``
+    (ties: fewer layers). Returns the chosen layers, ascending."""
+    order = sorted(errors, key=lambda j: (errors[j], j))
+    best: list[int] = []
+    best_gap, saved = abs(target), 0
+    for k, j in enumerate(order, 1):
+        saved += savings[j]
+        gap = abs(saved / total - target)
+        if gap < best_gap - 1e-12:
+            best, best_gap = order[:k], gap
+    return sorted(best)
+
+
+@dataclass
+class Window:
+    """Train clips back to back: one encoder window of unlabelled speech."""
+
+    id: str
+    clips: list
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate([c.audio for c in self.clips])
+
+
+def pack_windows(clips: Sequence, seed: int, seconds: tuple[float, float] = (5.0, 28.0)) -> list[Window]:
+    """Shuffle ``clips`` (each needs .id and .audio at 16 kHz) and pack them in order into
+    windows whose length is drawn uniformly from ``seconds`` (a clip longer than the draw
+    gets a window of its own). Deterministic in (clip ids, seed, seconds)."""
+    rng = random.Random(seed)
+    order = list(clips)
+    rng.shuffle(order)
+    windows: list[Window] = []
+    current: list = []
+    length, budget = 0.0, rng.uniform(*seconds)
+
+    def close() -> None:
+        ids = "|".join(c.id for c in current)
+        windows.append(Window(f"win-{seconds[0]:g}-{seconds[1]:g}-s{seed}/{len(windows):04d}-{zlib.crc32(ids.encode()):08x}",
+                              list(current)))
+
+    for c in order:
+        n = len(c.audio) / 16_000
+        if current and length + n > budget:
+            close()
+            current, length, budget = [], 0.0, rng.uniform(*seconds)
+        current.append(c)
+        length += n
+    if current:
+        close()
+    return windows
+
+
+def _out(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    y = layer(h, None)
+    return y[0] if isinstance(y, tuple) else y
+
+
+class EncoderRun:
+    """Shared state of one recipe run: base model, cached hidden states, trained layers, report."""
+
+    def __init__(self, o: EncoderOptions, progress: bool = True, *, base: nn.Module | None = None,
+                 train: Sequence | None = None, heldout: Sequence | None = None,
+                 featurize: Callable[[object], torch.Tensor] | None = None,
+                 states_dir: str | Path | None = None):
+        """``base``/``train``/``heldout``/``featurize``/``states_dir`` default to the real model,
+        the language's train subset and first dev clips, log-mel features, and the shared
+        hidden-state cache; tests pass tiny stand-ins."""
+        from mlx_bald.paths import cache_dir
+
+        self.o, self.progress, self.t0 = o, progress, time.time()
+        self.out, self.work = Path(o.out), Path(o.out) / "work"
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.report_path = self.out / "report.json"
+        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
+        options = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}))
+        before = self.report.get("options", {})
+        changed = [k for k in _TRAINING_OPTIONS if k in before and before[k] != options[k]]
+        if changed:
+            raise ValueError(f"{self.out} holds a run made with other {', '.join(changed)}; use another output folder")
+        self.report["options"] = options
+        if base is None:
+            from mlx_bald.torch_ref import load_torch_model
+            base = load_torch_model(o.model)
+        self.base = base.eval()  # never modified: layers are copied before training
+        cfg = self.base.config
+        self.n = cfg.encoder_layers
+        ra, rf = default_ranks(cfg)
+        ra, rf = o.attn_rank or ra, o.ffn_rank or rf
+        la, lf = split_rank(ra, (4, 1))[1], split_rank(rf, (9, 1))[1]
+        self.attn_rank, self.ffn_rank = AttentionRank(ra, ra, la, la), FFNRank(rf, rf, lf)
+        if train is None or heldout is None:
+            from mlx_bald.data import load_set
+            train = subset(load_set(f"fillets-{o.lang}:train"), o.train_clips, o.seed)
+            heldout = load_set(f"fillets-{o.lang}:dev")[: o.heldout_clips]
+        n_clips = len(train)
+        if o.pack_seconds:
+            train = pack_windows(train, o.seed, tuple(o.pack_seconds))
+        featurize = featurize or (lambda c: features(c, cfg.num_mel_bins))
+        self.train_ids, self.heldout_ids = [c.id for c in train], [c.id for c in heldout]
+        # speech frames of each held-out clip (encoder frames are 20 ms); unknown without audio
+        self.heldout_frames = ({c.id: min(cfg.max_source_positions, math.ceil(len(c.audio) / 320)) for c in heldout}
+                               if all(hasattr(c, "audio") for c in heldout) else None)
+        states_dir = states_dir or cache_dir() / "hidden-states" / re.sub(r"[^A-Za-z0-9._-]", "_", o.model)
+        self.states = HiddenStates(states_dir)
+        todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) if not self.states.has(c.id))
+        self.states.build(self.base, todo, progress=progress)
+        self.calib = torch.stack([featurize(c) for c in train[:4]])
+        hf = [featurize(c) for c in heldout]
+        self.heldout_batches = [torch.stack(hf[i:i + 4]) for i in range(0, len(hf), 4)]
+        self._skel: nn.Module | None = None
+        self.save_report(data={"train": f"fillets-{o.lang}:train", "train_clips": n_clips,
+                               "train_windows": len(train), "pack_seconds": o.pack_seconds,
+                               "heldout": f"fillets-{o.lang}:dev", "heldout_clips": len(heldout)},
+                         ranks={"attention": asdict(self.attn_rank), "ffn": asdict(self.ffn_rank)})
+
+    # ---- bookkeeping --------------------------------------------------------------------
+    def save_report(self, **updates) -> None:
+        self.report.update(updates)
+        self.report["wall_seconds_this_session"] = round(time.time() - self.t0, 1)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        self.report["peak_rss_gib"] = round(max(peak, self.report.get("peak_rss_gib", 0)), 2)
+        tmp = self.report_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.report, indent=2))
+        tmp.replace(self.report_path)
+
+    def layer_cfg(self, epochs: int) -> LayerTrainConfig:
+        o = self.o
+        return LayerTrainConfig(lr=o.lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
+
+    def spec(self, twins: Sequence[int], pruned: Sequence[int] = ()) -> CompressionSpec:
+        """Spec for twins at ORIGINAL layers ``twins`` after dropping ORIGINAL layers ``pruned``."""
+        kept = [i for i in range(self.n) if i not in set(pruned)]
+        new = {j: k for k, j in enumerate(kept)}
+        return CompressionSpec(encoder_pruned=sorted(pruned),
+                               attention={f"encoder.blocks.{new[j]}.attn": copy.copy(self.attn_rank) for j in twins},
+                               ffn={f"encoder.blocks.{new[j]}.mlp": copy.copy(self.ffn_rank) for j in twins})
+
+    # ---- twins --------------------------------------------------------------------------
+    def _skeleton(self) -> nn.Module:
+        """The base with every encoder layer a twin at its SVD initialisation (LoRA attached)."""
+        if self._skel is None:
+            init = self.work / "twins" / "init.safetensors"
+            spec = self.spec(range(self.n))
+            if init.is_file():
+                model = apply_spec(copy.deepcopy(self.base), spec, seed=self.o.seed)
+                model.model.encoder.layers.load_state_dict(load_file(str(init)))
+            else:
+                model = apply_spec(copy.deepcopy(self.base), spec, seed=self.o.seed,
+                                   calibrate=lambda m: m.model.encoder(self.calib))
+                init.parent.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
+            self._skel = model.eval()
+        return self._skel
+
+    def _twin_path(self, j: int) -> Path:
+        return self.work / "twins" / f"layer{j}.safetensors"
+
+    def twin(self, j: int, trained: bool = True) -> nn.Module:
+        layer = copy.deepcopy(self._skeleton().model.encoder.layers[j])
+        if trained:
+            layer.load_state_dict(load_file(str(self._twin_path(j))))
+        return layer.eval()
+
+    def train_twins(self) -> dict:
+        """Layer-wise fine-tuning of every encoder layer's twin, one after another."""
+        stats = self.report.setdefault("twins", {})
+        for j in range(self.n):
+            if self._twin_path(j).is_file() and str(j) in stats:
+                continue
+            layer, t0 = self.twin(j, trained=False), time.time()
+            before = relative_layer_error(layer, self.states, self.heldout_ids, j, j + 1)
+            _log(f"twin {j}: held-out relative error after SVD {before:.4f}; training")
+            ckpt = self.work / "twins" / f"layer{j}.ckpt"
+            s = train_layer(layer, self.states, self.train_ids, j, j + 1, self.layer_cfg(self.o.epochs), ckpt,
+                            desc=f"twin layer {j}", progress=self.progress)
+            s |= {"heldout_rel_error_svd": before, "seconds": round(time.time() - t0, 1),
+                  "heldout_rel_error": relative_layer_error(layer, self.states, self.heldout_ids, j, j + 1),
+                  "heldout_speech_rel_error": relative_layer_error(layer, self.states, self.heldout_ids, j, j + 1,
+                                                                   frames=self.heldout_frames),
+                  "heldout_speech_rel_error_svd": relative_layer_error(self.twin(j, trained=False), self.states,
+                                                                       self.heldout_ids, j, j + 1,
+                                                                       frames=self.heldout_frames)}
+            save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
+            ckpt.unlink(missing_ok=True)
+            stats[str(j)] = s
+            _log(f"twin {j}: held-out relative error {s['heldout_rel_error']:.4f}, on speech frames "
+                 f"{s['heldout_speech_rel_error']:.4f} (SVD {s['heldout_speech_rel_error_svd']:.4f}; {s['seconds']} s)")
+            self.save_report(twins=stats)
+        return stats
+
+    # ---- pruning ------------------------------------------------------------------------
+    def pruned(self, n_drop: int) -> list[int]:
+        info = self.report.setdefault("prune", {})
+        if str(n_drop) not in info:
+            layers, scores = choose_pruned(self.base, self.heldout_batches, n_drop)
+            info[str(n_drop)] = {"layers": layers, "scores": [round(s, 6) for s in scores]}
+            self.save_report(prune=info)
+        return list(info[str(n_drop)]["layers"])
+
+    def bridges(self, pruned: Sequence[int]) -> dict:
+        if not pruned:
+            return {}
+        stats = train_bridges(self.base, self.twin if self.o.adaptwin else None, self.states, self.train_ids,
+                              self.heldout_ids, pruned, self.layer_cfg(self.o.bridge_epochs), self.work / "bridges",
+                              progress=self.progress, frames=self.heldout_frames)
+        self.save_report(bridges=self.report.get("bridges", {}) | stats)
+        return stats
+
+    def layer_module(self, j: int, twin: bool, plan: dict[int, tuple[int, int]]) -> nn.Module:
+        """Kept ORIGINAL layer j as it runs in the pruned model: dense or twin, bridged if planned."""
+        if j in plan:
+            layer = self.twin(j) if twin else copy.deepcopy(self.base.model.encoder.layers[j])
+            return load_bridge(layer, self.work / "bridges", "twin" if twin else "dense", j, *plan[j]).eval()
+        return self.twin(j) if twin else self.base.model.encoder.layers[j]
+
+    # ---- variable compression -----------------------------------------------------------
+    @torch.no_grad()
+    def output_errors(self, pruned: Sequence[int]) -> dict[int, float]:
+        """{kept layer: change of the final encoder output on held-out audio when only that
+        layer is its twin, against the dense (pruned, bridged) encoder}. The score is the
+        relative error on the clips' speech frames plus that on their padding frames (each
+        region normalised by itself: the padding is most of a short clip's window)."""
+        key = ",".join(map(str, sorted(pruned))) or "none"
+        cache = self.report.setdefault("selection_errors", {})
+        if key not in cache:
+            plan = bridge_plan(pruned, self.n) if pruned else {}
+            kept = [j for j in range(self.n) if j not in set(pruned)]
+            ref = [self.layer_module(j, False, plan) for j in kept]
+            cand = [self.layer_module(j, True, plan) for j in kept]
+            ln = self.base.model.encoder.layer_norm
+            err = torch.zeros(len(kept), 2, dtype=torch.float64)
+            norm = torch.zeros(2, dtype=torch.float64)
+            for i in range(0, len(self.heldout_ids), 4):
+                chunk = self.heldout_ids[i:i + 4]
+                h = self.states.load(chunk, 0)[0]
+                speech = speech_mask(chunk, self.heldout_frames, h.shape[1])
+                regions = [speech, ~speech] if self.heldout_frames else [speech]
+                inputs = []
+                for layer in ref:
+                    inputs.append(h)
+                    h = _out(layer, h)
+                final = ln(h)
+                for r, m in enumerate(regions):
+                    norm[r] += float((final**2).sum(-1)[m].sum())
+                for pos, twin in enumerate(cand):
+                    h = _out(twin, inputs[pos])
+                    for layer in ref[pos + 1:]:
+                        h = _out(layer, h)
+                    d = ((ln(h) - final) ** 2).sum(-1)
+                    for r, m in enumerate(regions):
+                        err[pos, r] += float(d[m].sum())
+            rel = err / norm.clamp_min(1e-30)
+            cache[key] = {str(j): {"speech": float(rel[p, 0]), "padding": float(rel[p, 1]),
+                                   "score": float(rel[p].sum())} for p, j in enumerate(kept)}
+            self.save_report(selection_errors=cache)
+        return {int(j): e["score"] for j, e in cache[key].items()}
+
+    def choose(self, pruned: Sequence[int], target: float) -> list[int]:
+        if target <= 0:
+            return []
+        errors = self.output_errors(pruned)
+        dense = {j: count_parameters(self.base.model.encoder.layers[j]) for j in errors}
+        savings = {j: dense[j] - count_parameters(self._skeleton().model.encoder.layers[j]) for j in errors}
+        return select_layers(errors, savings, sum(dense.values()), target)
+
+    # ---- result ---------------------------------------------------------------------------
+    def build(self, n_prune: int, target: float, folder: str | Path) -> Path:
+        """Compressed checkpoint: ``n_prune`` layers dropped, twins kept for ``target``."""
+        folder = Path(folder)
+        if (folder / "model.safetensors").is_file() and folder.name in self.report.get("results", {}):
+            return folder
+        pruned = self.pruned(n_prune)
+        plan = bridge_plan(pruned, self.n) if pruned else {}
+        self.bridges(pruned)
+        twins = self.choose(pruned, target) if self.o.adaptwin else []
+        spec = self.spec(twins, pruned)
+        if spec.is_identity:
+            raise ValueError("nothing to compress: no layer pruned and no twin kept")
+        spec.recipe = (["prune"] if pruned else []) + (["adaptwin"] if twins else [])
+        spec.notes = {"encoder_recipe": {
+            "base": self.o.model, "hidden_states": f"fillets-{self.o.lang}:train, {len(self.train_ids)} windows "
+                                                   f"of {self.report['data']['train_clips']} clips",
+            "target_compression": target, "twin_layers_original": twins, "pruned_original": pruned,
+            "bridges": {str(j): list(v) for j, v in plan.items()},
+            "ranks": {"attention": asdict(self.attn_rank), "ffn": asdict(self.ffn_rank)}, "seed": self.o.seed}}
+        model = apply_spec(copy.deepcopy(self.base), spec, seed=self.o.seed)
+        kept = [j for j in range(self.n) if j not in set(pruned)]
+        for pos, j in enumerate(kept):
+            if j in plan or j in twins:
+                model.model.encoder.layers[pos].load_state_dict(self.layer_module(j, j in twins, plan).state_dict())
+        save_compressed(model, spec, folder)
+        layers = sum(count_parameters(l) for l in model.model.encoder.layers)
+        base_layers = sum(count_parameters(l) for l in self.base.model.encoder.layers)
+        kept_dense = sum(count_parameters(self.base.model.encoder.layers[j]) for j in kept)
+        summary = {"params": count_parameters(model), "expected_params": expected_parameters(self.base.config, spec),
+                   "encoder_params": count_parameters(model.model.encoder),
+                   "encoder_layer_params": layers,
+                   "compression_of_kept_layers": round(1 - layers / kept_dense, 4),
+                   "encoder_layer_reduction": round(1 - layers / base_layers, 4),
+                   "pruned": pruned, "twins": twins, "target": target, "spec": spec.to_dict()}
+        self.save_report(results=self.report.get("results", {}) | {folder.name: summary})
+        return folder
+
+
+def run_encoder(o: EncoderOptions, folder: str | Path | None = None, progress: bool = True, **inject) -> Path:
+    """Run the encoder recipe (AdaPTwin and/or pruning); returns the checkpoint folder.
+    ``inject``: EncoderRun's stand-ins (tests)."""
+    if not o.adaptwin and not o.prune:
+        raise ValueError("the encoder recipe needs adaptwin or prune > 0")
+    run = EncoderRun(o, progress=progress, **inject)
+    if o.adaptwin:
+        run.train_twins()
+    return run.build(o.prune, o.compression if o.adaptwin else 0.0, folder or Path(o.out) / "encoder")

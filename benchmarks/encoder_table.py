@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
             c[set_spec] = {"wer": res["wer"], "n_clips": res["n_clips"], "normalizer": res["normalizer"]}
             print(f"{c['cell']} {set_spec}: WER {res['wer']}", file=sys.stderr, flush=True)
     t_eval = time.time()
+    run.save_report()  # keeps this session's peak memory in the report
     timing = {"hidden_states_and_setup_s": round(t_states - t0, 1), "twins_s": round(t_twins - t_states, 1),
               "bridges_errors_build_s": round(t_build - t_twins, 1), "evaluation_s": round(t_eval - t_build, 1)}
     _write(a, run, cells, timing)
@@ -136,13 +137,24 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
             f"| {c['level']:.0%} ({c['compression_of_kept_layers']:.1%}) | {c['prune']} | {c['twins'] or '-'} "
             f"| {c['pruned'] or '-'} | {c['encoder_layer_params'] / 1e6:.2f}M (-{c['encoder_layer_reduction']:.1%}) "
             f"| {c['encoder_params'] / 1e6:.2f}M | {c['params'] / 1e6:.2f}M | {lw:.2f} ({dl:+.2f}) | {cw:.2f} ({dc:+.2f}) |")
-    lines += ["", f"Wall time of the last session: {json.dumps(timing)}; peak RSS {peak:.2f} GiB; "
-                  f"torch threads {a.threads} on a shared 2-core CPU.", ""]
+    errs = run.report.get("selection_errors", {})
+    for key, per_layer in errs.items():
+        lines.append(f"- Measured twin errors, pruned {key}: " + ", ".join(
+            f"layer {j}: {e['score']:.3f} (speech {e['speech']:.3f})" for j, e in per_layer.items())
+            + " (relative change of the final encoder output on held-out clips, speech + padding frames).")
+    bridges = run.report.get("bridges", {})
+    eval_s = sum(json.loads(f.read_text()).get("wall_seconds", 0) for f in (a.out / "eval").glob("*.json"))
+    spent = {"hidden_states_min": round(run.report.get("hidden_states_seconds", 0) / 60, 1) or "not recorded",
+             "twin_training_min": round(twins_s / 60, 1),
+             "bridges_min": round(sum(b.get("seconds", 0) for b in bridges.values()) / 60, 1) or "not recorded",
+             "evaluation_min": round(eval_s / 60, 1)}
+    lines += ["", f"Time spent (all sessions): {json.dumps(spent)}; this session: {json.dumps(timing)}; "
+                  f"peak RSS {peak:.2f} GiB; torch threads {a.threads} on a shared, loaded 2-core CPU.", ""]
     a.results.mkdir(parents=True, exist_ok=True)
     (a.results / "encoder_table.md").write_text("\n".join(lines))
     keep = ("twins", "prune", "bridges", "selection_errors", "ranks", "data", "options")
     (a.results / "encoder_table.json").write_text(json.dumps(
-        {"cells": cells, "timing_last_session": timing, "peak_rss_gib": round(peak, 2),
+        {"cells": cells, "timing_last_session": timing, "time_spent": spent, "peak_rss_gib": round(peak, 2),
          "recipe": {k: run.report.get(k) for k in keep}}, indent=1))
     print("\n".join(lines))
 

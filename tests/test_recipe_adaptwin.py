@@ -20,9 +20,8 @@ from test_compress_ops import N_MELS, SRC, tiny_model  # noqa: E402
 from converters.torch_to_mlx import convert_checkpoint, sinusoids  # noqa: E402
 from mlx_bald.cli.compress import _encoder, _recipe  # noqa: E402
 from mlx_bald.compress import apply_spec, count_parameters, expected_parameters, load_compressed, save_compressed  # noqa: E402
-from mlx_bald.compress.layer_cache import HiddenStates, LayerTrainConfig, train_layer  # noqa: E402
-from mlx_bald.compress.recipe_adaptwin import (EncoderOptions, EncoderRun, pack_windows, run_encoder,  # noqa: E402
-                                               select_layers)
+from mlx_bald.compress.layer_cache import HiddenStates, LayerTrainConfig, pack_windows, train_layer  # noqa: E402
+from mlx_bald.compress.recipe_adaptwin import EncoderOptions, EncoderRun, run_encoder, select_layers  # noqa: E402
 from mlx_bald.compress.recipe_combine import combine  # noqa: E402
 from mlx_bald.compress.recipe_prune import bridge_plan  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup  # noqa: E402

@@ -5,7 +5,8 @@ ORIGINAL encoder. ``layerwise.layerwise_finetune`` re-runs the original encoder 
 layer for every batch; here the original runs once per clip and every layer boundary is kept
 (fp16, one safetensors file per clip), so each training step costs only the layer itself, and
 the same states also serve the pruning recovery, whose "bridge" layers learn X_a -> X_b
-across removed layers. Training streams a batch at a time from disk (never all states in
+across removed layers. Short clips can be packed back to back into windows first, so that
+the MSE is not mostly Whisper's 30 s padding. Training streams a batch at a time from disk (never all states in
 memory), with a progress bar and a resumable checkpoint.
 
 Boundary k (key ``h{k}``) is the input of encoder layer k; ``h{n}`` is the last layer's
@@ -17,10 +18,12 @@ import math
 import os
 import random
 import re
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -90,6 +93,46 @@ class HiddenStates:
                 for slot, k in enumerate(keys):
                     out[slot].append(f.get_tensor(f"h{k}"))
         return [torch.stack(t).float() for t in out]
+
+
+@dataclass
+class Window:
+    """Train clips back to back: one encoder window of unlabelled speech."""
+
+    id: str
+    clips: list
+
+    @property
+    def audio(self) -> np.ndarray:
+        return np.concatenate([c.audio for c in self.clips])
+
+
+def pack_windows(clips: Sequence, seed: int, seconds: tuple[float, float] = (5.0, 28.0)) -> list[Window]:
+    """Shuffle ``clips`` (each needs .id and .audio at 16 kHz) and pack them in order into
+    windows whose length is drawn uniformly from ``seconds`` (a clip longer than the draw
+    gets a window of its own). Deterministic in (clip ids, seed, seconds)."""
+    rng = random.Random(seed)
+    order = list(clips)
+    rng.shuffle(order)
+    windows: list[Window] = []
+    current: list = []
+    length, budget = 0.0, rng.uniform(*seconds)
+
+    def close() -> None:
+        ids = "|".join(c.id for c in current)
+        windows.append(Window(f"win-{seconds[0]:g}-{seconds[1]:g}-s{seed}/{len(windows):04d}-{zlib.crc32(ids.encode()):08x}",
+                              list(current)))
+
+    for c in order:
+        n = len(c.audio) / 16_000
+        if current and length + n > budget:
+            close()
+            current, length, budget = [], 0.0, rng.uniform(*seconds)
+        current.append(c)
+        length += n
+    if current:
+        close()
+    return windows
 
 
 @dataclass

@@ -24,24 +24,21 @@ from __future__ import annotations
 import copy
 import json
 import math
-import random
 import re
 import resource
 import sys
 import time
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_bald.compress.data import features, subset
-from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, relative_layer_error, speech_mask,
-                                           train_layer)
+from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows, relative_layer_error,
+                                           speech_mask, train_layer)
 from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
 from mlx_bald.compress.recipe_prune import bridge_plan, choose_pruned, load_bridge, train_bridges
 from mlx_bald.compress.twins import split_rank
@@ -99,46 +96,6 @@ def select_layers(errors: dict[int, float], savings: dict[int, int], total: int,
     return sorted(best)
 
 
-@dataclass
-class Window:
-    """Train clips back to back: one encoder window of unlabelled speech."""
-
-    id: str
-    clips: list
-
-    @property
-    def audio(self) -> np.ndarray:
-        return np.concatenate([c.audio for c in self.clips])
-
-
-def pack_windows(clips: Sequence, seed: int, seconds: tuple[float, float] = (5.0, 28.0)) -> list[Window]:
-    """Shuffle ``clips`` (each needs .id and .audio at 16 kHz) and pack them in order into
-    windows whose length is drawn uniformly from ``seconds`` (a clip longer than the draw
-    gets a window of its own). Deterministic in (clip ids, seed, seconds)."""
-    rng = random.Random(seed)
-    order = list(clips)
-    rng.shuffle(order)
-    windows: list[Window] = []
-    current: list = []
-    length, budget = 0.0, rng.uniform(*seconds)
-
-    def close() -> None:
-        ids = "|".join(c.id for c in current)
-        windows.append(Window(f"win-{seconds[0]:g}-{seconds[1]:g}-s{seed}/{len(windows):04d}-{zlib.crc32(ids.encode()):08x}",
-                              list(current)))
-
-    for c in order:
-        n = len(c.audio) / 16_000
-        if current and length + n > budget:
-            close()
-            current, length, budget = [], 0.0, rng.uniform(*seconds)
-        current.append(c)
-        length += n
-    if current:
-        close()
-    return windows
-
-
 def _out(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     y = layer(h, None)
     return y[0] if isinstance(y, tuple) else y
@@ -192,7 +149,9 @@ class EncoderRun:
         states_dir = states_dir or cache_dir() / "hidden-states" / re.sub(r"[^A-Za-z0-9._-]", "_", o.model)
         self.states = HiddenStates(states_dir)
         todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) if not self.states.has(c.id))
-        self.states.build(self.base, todo, progress=progress)
+        t0 = time.time()
+        if self.states.build(self.base, todo, progress=progress):
+            self.report["hidden_states_seconds"] = round(self.report.get("hidden_states_seconds", 0) + time.time() - t0, 1)
         self.calib = torch.stack([featurize(c) for c in train[:4]])
         hf = [featurize(c) for c in heldout]
         self.heldout_batches = [torch.stack(hf[i:i + 4]) for i in range(0, len(hf), 4)]

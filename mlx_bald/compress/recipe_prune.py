@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -80,11 +81,12 @@ def train_bridges(base: nn.Module, twin: Callable[[int], nn.Module] | None, stat
             if (work / f"{stem}.safetensors").is_file() and (work / f"{stem}.json").is_file():
                 out[stem] = json.loads((work / f"{stem}.json").read_text())
                 continue
-            layer = make()
+            layer, t0 = make(), time.time()
             before = relative_layer_error(layer, states, heldout, src, dst)
             stats = train_layer(layer, states, ids, src, dst, cfg, work / f"{stem}.ckpt",
                                 desc=f"bridge {kind} layer {j}: h{src}->h{dst}", progress=progress)
             stats |= {"layer": j, "src": src, "dst": dst, "kind": kind, "heldout_rel_error_before": before,
+                      "seconds": round(time.time() - t0, 1),
                       "heldout_rel_error": relative_layer_error(layer, states, heldout, src, dst)}
             if frames is not None:
                 stats["heldout_speech_rel_error"] = relative_layer_error(layer, states, heldout, src, dst, frames=frames)

@@ -81,3 +81,31 @@ def launch_args(q: mx.array, k: mx.array, v: mx.array, *, scale: float,
         output_shape=(n_batch, n_heads, n_queries, d_vo),
         dtype=dtype,
     )
+
+
+def make_kernel(factory, source_file: str):
+    """A kernel object from ``mx.fast.metal_kernel`` or ``mx.fast.cuda_kernel`` (``factory``)
+    and its package source; the two back-ends share names, inputs and launch shape."""
+    header, body = kernel_source(source_file)
+    return factory(
+        name="mlx_bald_factored_attention",
+        input_names=INPUT_NAMES,
+        output_names=["out"],
+        source=body,
+        header=header,
+        ensure_row_contiguous=False,  # the kernel reads q/k/v through their strides
+    )
+
+
+def run_kernel(kernel, q: mx.array, k: mx.array, v: mx.array, *, scale: float,
+               mask: mx.array | None, kv_len: int | mx.array | None) -> mx.array:
+    launch = launch_args(q, k, v, scale=scale, mask=mask, kv_len=kv_len)
+    (out,) = kernel(
+        inputs=launch.inputs,
+        template=launch.template,
+        grid=launch.grid,
+        threadgroup=launch.threadgroup,
+        output_shapes=[launch.output_shape],
+        output_dtypes=[launch.dtype],
+    )
+    return out

@@ -14,13 +14,14 @@ from apps.server import make_server, start_in_thread
 
 
 def main(argv: list[str] | None = None) -> int:
-    from mlx_bald.hub import DEFAULT_MODEL, resolve_model
+    from mlx_bald.hub import default_model, resolve_model
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=DEFAULT_MODEL)
+    p.add_argument("--model", default=None)
     p.add_argument("--audio", default=None, help="default: the LibriVox example clip")
     p.add_argument("--out", default=str(Path(__file__).with_name("screenshot.png")))
     args = p.parse_args(argv)
+    args.model = args.model or default_model()
     if args.audio is None:
         from mlx_bald.data.librivox import example_clip
 

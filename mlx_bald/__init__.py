@@ -1,10 +1,10 @@
 """mlx-bald: smaller, faster Whisper for Apple silicon.
 
 Importing this package first (before ``mlx``) lets it point MLX's Linux CPU backend at
-OpenBLAS; see ``mlx_bald._blas``.
+OpenBLAS, loaded when ``mlx`` is first imported; see ``mlx_bald._blas``.
 """
-from ._blas import preload_openblas as _preload_openblas
+from ._blas import install_import_hook as _install_import_hook
 
-_preload_openblas()
+_install_import_hook()
 
 __version__ = "0.1.0"

@@ -4,11 +4,17 @@ The mlx-cpu wheel links a single-threaded reference BLAS (~10x slower for Whispe
 matmuls). Loading OpenBLAS with RTLD_GLOBAL *before* ``mlx.core`` is imported makes the
 dynamic linker resolve MLX's cblas/lapack symbols to it. Set ``MLX_BALD_BLAS=reference``
 to opt out, or ``MLX_BALD_OPENBLAS=/path/libopenblas.so.0`` to choose the library.
+
+The load waits for the first ``import mlx``: OpenBLAS loaded globally BEFORE torch
+interposes on torch's MKL ``sgemm`` and its threads fight torch's OpenMP pool (a
+decoder training step went from 1.2 s to 3-7 s on 2 cores), so torch-only work must
+never see it.
 """
 from __future__ import annotations
 
 import ctypes
 import glob
+import importlib.abc
 import os
 import platform
 import sys
@@ -67,6 +73,31 @@ def preload_openblas() -> str | None:
         return None
     _loaded = path
     return path
+
+
+class _PreloadBeforeMlx(importlib.abc.MetaPathFinder):
+    """Finds nothing itself; loads OpenBLAS the moment ``mlx`` is first imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "mlx" or name.startswith("mlx."):
+            uninstall_import_hook()
+            preload_openblas()
+        return None
+
+
+_HOOK = _PreloadBeforeMlx()
+
+
+def install_import_hook() -> None:
+    """Preload OpenBLAS lazily, just before MLX loads (now, if MLX is already importing)."""
+    if "mlx.core" in sys.modules or _HOOK in sys.meta_path:
+        return
+    sys.meta_path.insert(0, _HOOK)
+
+
+def uninstall_import_hook() -> None:
+    if _HOOK in sys.meta_path:
+        sys.meta_path.remove(_HOOK)
 
 
 def blas_info() -> str:

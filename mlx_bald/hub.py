@@ -19,7 +19,21 @@ from pathlib import Path
 from mlx_bald.errors import ModelFormatError, ModelNotFoundError
 from mlx_bald.paths import models_dir
 
-DEFAULT_MODEL = "whisper-base"
+DEFAULT_MODEL = "whisper-base"  # stock base: the default until the general student exists here
+DEFAULT_COMPRESSED = "whisper-base-bald"  # the general-purpose BaldWhisper student's registered name
+
+
+def default_model() -> str:
+    """The model used when none is named: ``$MLX_BALD_MODEL`` if set, else the general-purpose
+    compressed student once built here (``mlx-bald compress --recipe bald --general`` registers
+    it as ``whisper-base-bald``), else stock ``whisper-base``. A language-specialised student
+    never becomes the default: it is registered under another name."""
+    env = os.environ.get("MLX_BALD_MODEL")
+    if env:
+        return env
+    if (models_dir() / DEFAULT_COMPRESSED / "mlx" / "config.json").exists():
+        return DEFAULT_COMPRESSED
+    return DEFAULT_MODEL
 
 
 @dataclass(frozen=True)
@@ -63,7 +77,7 @@ def known_models() -> list[str]:
 
 def resolve_model(name_or_path: str | os.PathLike | None = None, fmt: str = "mlx") -> Path:
     """A ready model folder: ``fmt="mlx"`` (MLX runtime) or ``"hf"`` (transformers)."""
-    name = str(name_or_path or DEFAULT_MODEL)
+    name = str(name_or_path or default_model())
     name = ALIASES.get(name, name)
     path = Path(name).expanduser()
     if path.exists():

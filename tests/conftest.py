@@ -9,6 +9,10 @@ sys.path.insert(0, str(ROOT))
 
 import mlx_bald  # noqa: E402,F401  (OpenBLAS before mlx.core)
 
+# Tests that name no model get stock base whatever students this machine has built
+# (subprocesses inherit it); test_hub checks the default rule itself.
+os.environ.setdefault("MLX_BALD_MODEL", "whisper-base")
+
 
 @pytest.fixture
 def isolated_cache(tmp_path, monkeypatch):

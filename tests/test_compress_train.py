@@ -55,3 +55,72 @@ def test_encoder_cache_written_once_in_fp16(tmp_path):
     with torch.no_grad():
         want = model.model.encoder(clips[1][1][None]).last_hidden_state[0]
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
+
+
+def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_path):
+    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.data.clips import Clip
+
+    words = "ahoj jak se máš dnes je hezky venku a svítí slunce nad řekou".split()
+    clips = [Clip(id=f"c{i}", path=tmp_path / "none.ogg", text=" ".join(words[: 1 + i % 12]), language="cs")
+             for i in range(40)]
+    model = tiny_model()
+    cache_encoder_outputs(model, [(c.id, features(batch=1, seed=i)[0]) for i, c in enumerate(clips)], tmp_path,
+                          progress=False)
+    make = batches_from_cache(clips, tmp_path, batch_size=4, seed=3)
+    epoch0 = list(make(0))
+    assert sum(b["decoder_input_ids"].shape[0] for b in epoch0) == 40
+    # Padding is what bucketing removes: each batch pads far less than a random mix would.
+    pad = sum(int((b["labels"] == -100).sum()) for b in epoch0)
+    random_pad = sum(int((b["labels"] == -100).sum()) for b in _unsorted(clips, tmp_path))
+    assert pad < 0.6 * random_pad
+    first_ids = [b["decoder_input_ids"][:, -1].tolist() for b in epoch0]
+    assert first_ids != [b["decoder_input_ids"][:, -1].tolist() for b in make(1)]
+    assert first_ids == [b["decoder_input_ids"][:, -1].tolist() for b in make(0)]
+
+
+def _unsorted(clips, cache):
+    import random
+
+    from mlx_bald.compress.data import collate, token_sequence
+
+    order = list(range(len(clips)))
+    random.Random(0).shuffle(order)
+    seqs = [(clips[i].id, *token_sequence(clips[i].text, "cs")) for i in order]
+    for s in range(0, len(seqs), 4):
+        yield collate(seqs[s:s + 4], lambda cid: load_cached_encoder_output(cache, cid))
+
+
+def test_cross_attention_kv_frozen_by_default_and_teacher_skipped_without_kd():
+    from mlx_bald.compress.distill import DistillConfig, train_decoder
+
+    student, teacher = tiny_model(), tiny_model()
+    kv = student.model.decoder.layers[0].encoder_attn.k_proj.weight.clone()
+    q = student.model.decoder.layers[0].encoder_attn.q_proj.weight.clone()
+    calls = []
+    teacher.register_forward_hook(lambda *a: calls.append(1))
+    batch = {"input_features": features(seed=1), "decoder_input_ids": tokens(seed=2)}
+    batch["labels"] = batch["decoder_input_ids"].roll(-1, 1)
+    train_decoder(student, teacher, lambda e: [batch], DistillConfig(steps=2, lr=1e-2, kd_weight=0.0,
+                                                                      feature_weight=0.0), progress=False)
+    assert torch.equal(kv, student.model.decoder.layers[0].encoder_attn.k_proj.weight)
+    assert not torch.equal(q, student.model.decoder.layers[0].encoder_attn.q_proj.weight)
+    assert calls == []
+    train_decoder(student, teacher, lambda e: [batch], DistillConfig(steps=1, lr=1e-2, train_cross_kv=True),
+                  progress=False)
+    assert not torch.equal(kv, student.model.decoder.layers[0].encoder_attn.k_proj.weight)
+    assert calls == [1]
+
+
+def test_openblas_loads_only_when_mlx_is_imported():
+    """OpenBLAS loaded before torch slows torch's training ~3x on 2 cores (symbol interposition)."""
+    import subprocess
+    import sys
+
+    code = ("import mlx_bald, sys\nfrom mlx_bald import _blas\nimport torch\n"
+            "assert _blas._loaded is None, 'loaded before mlx'\n"
+            "import mlx.core\nprint(_blas._loaded is not None, _blas._find() is not None)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    loaded, available = out.stdout.split()
+    assert loaded == available

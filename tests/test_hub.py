@@ -63,3 +63,35 @@ def test_interrupted_download_leaves_no_model_folder(isolated_cache, monkeypatch
     assert len(calls) == 2
     folder = isolated_cache / "models" / "whisper-base"
     assert not any(folder.iterdir()), list(folder.iterdir())  # no ct2/, mlx/, or .partial-*
+
+
+def test_default_model_is_the_general_student_once_built(isolated_cache, monkeypatch):
+    monkeypatch.delenv("MLX_BALD_MODEL", raising=False)
+    assert hub.default_model() == "whisper-base"
+    specialised = isolated_cache / "models" / "whisper-base-bald-cs" / "mlx"
+    specialised.mkdir(parents=True)
+    (specialised / "config.json").write_text("{}")
+    assert hub.default_model() == "whisper-base"  # a Czech student never becomes the default
+    general = isolated_cache / "models" / hub.DEFAULT_COMPRESSED / "mlx"
+    general.mkdir(parents=True)
+    (general / "config.json").write_text("{}")
+    assert hub.default_model() == hub.DEFAULT_COMPRESSED
+    assert hub.resolve_model(None) == general
+    monkeypatch.setenv("MLX_BALD_MODEL", "whisper-tiny.en")
+    assert hub.default_model() == "whisper-tiny.en"
+
+
+def test_only_the_general_student_may_take_the_default_name():
+    import argparse
+
+    from mlx_bald.cli.compress import _default_name
+    from mlx_bald.errors import MlxBaldError
+
+    args = argparse.Namespace(general=True, name=None)
+    _default_name(args, ("bald",))
+    assert args.name == hub.DEFAULT_COMPRESSED
+    with pytest.raises(MlxBaldError, match="general-purpose"):
+        _default_name(argparse.Namespace(general=False, name=hub.DEFAULT_COMPRESSED), ("bald",))
+    args = argparse.Namespace(general=False, name=None)
+    _default_name(args, ("bald",))
+    assert args.name is None

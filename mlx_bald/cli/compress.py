@@ -58,7 +58,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--general", action="store_true",
                    help="general-purpose student: no labels, original base as teacher")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.json, student/, mlx/)")
-    p.add_argument("--name", default=None, help="register the MLX result under this model name")
+    p.add_argument("--name", default=None, help="register the MLX result under this model name "
+                   "(--general: whisper-base-bald, which then becomes the default model)")
     p.add_argument("--groups", type=_groups, default=[[0, 1], [2, 3], [4, 5]],
                    help="decoder layers merged together, e.g. 0-1,2-3,4-5")
     p.add_argument("--alpha", type=float, default=None,
@@ -71,7 +72,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--merge-steps", type=int, default=400)
     p.add_argument("--embed-steps", type=int, default=300)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=5e-5, help="learning rate of the students")
+    p.add_argument("--max-tokens", type=int, default=64,
+                   help="training targets are cut to this many tokens (prompt + text + end-of-text)")
+    p.add_argument("--lr", type=float, default=1.5e-4, help="learning rate of the students")
     p.add_argument("--teacher-lr", type=float, default=1e-5, help="learning rate of the teacher fine-tune")
     p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=int, default=48, help="dev clips for the search and stage checks")
@@ -121,6 +124,7 @@ def run(args) -> int:
     from mlx_bald.paths import models_dir
 
     recipe = tuple(args.recipe)
+    _default_name(args, recipe)
     if recipe != ("bald",):
         from mlx_bald.errors import MlxBaldError
         try:
@@ -133,6 +137,20 @@ def run(args) -> int:
     return _finish(args, student, convert_checkpoint, models_dir)
 
 
+def _default_name(args, recipe: tuple[str, ...]) -> None:
+    """The general-purpose bald student registers as the project's default compressed model;
+    nothing else may take that name (a language-tuned default would surprise English users)."""
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.hub import DEFAULT_COMPRESSED
+
+    general = args.general and recipe == ("bald",)
+    if args.name is None and general:
+        args.name = DEFAULT_COMPRESSED
+    elif args.name == DEFAULT_COMPRESSED and not general:
+        raise MlxBaldError(f"--name {DEFAULT_COMPRESSED} is kept for the general-purpose student "
+                           f"(--recipe bald --general): pick another name")
+
+
 def _bald_options(args, out: Path):
     from mlx_bald.compress.recipe_bald import BaldOptions
 
@@ -141,7 +159,8 @@ def _bald_options(args, out: Path):
                        search_grid=args.search_grid, search_steps=args.search_steps,
                        embedding_rank=args.rank, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
-                       batch_size=args.batch_size, lr=args.lr, teacher_lr=args.teacher_lr,
+                       batch_size=args.batch_size, max_tokens=args.max_tokens, lr=args.lr,
+                       teacher_lr=args.teacher_lr,
                        max_train_clips=args.max_train_clips, dev_clips=args.dev_clips, seed=args.seed)
 
 

@@ -25,9 +25,9 @@ def register(sub) -> argparse.ArgumentParser:
 
 def run(args) -> int:
     from mlx_bald.evaluate import evaluate
-    from mlx_bald.hub import DEFAULT_MODEL
+    from mlx_bald.hub import default_model
 
-    r = evaluate(args.model or DEFAULT_MODEL, args.set_spec, args.engine, args.limit,
+    r = evaluate(args.model or default_model(), args.set_spec, args.engine, args.limit,
                  progress=sys.stderr.isatty())
     if args.json:
         d = r.to_dict()

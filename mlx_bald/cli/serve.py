@@ -7,8 +7,6 @@ import sys
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from mlx_bald.hub import DEFAULT_MODEL
-
     p = sub.add_parser(
         "serve", help="local OpenAI-compatible transcription server",
         description="Serve POST /v1/audio/transcriptions (OpenAI audio API shape), "
@@ -16,7 +14,8 @@ def register(sub) -> argparse.ArgumentParser:
                     "with --model can be requested; 'whisper-1' means the first one.")
     p.add_argument("--model", action="append", metavar="[ID=]NAME_OR_DIR",
                    help=f"a model to serve, repeatable; ID is the name clients send "
-                        f"(default: the model name or folder name). Default: {DEFAULT_MODEL}")
+                        f"(default: the model name or folder name). Default model: "
+                        "$MLX_BALD_MODEL, else whisper-base-bald once built, else whisper-base")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1, loopback only)")
     p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
@@ -40,10 +39,10 @@ def run(args) -> int:
     except ImportError as e:  # python-multipart is the one extra the server needs
         raise MlxBaldError(f"the server needs {e.name or 'a missing package'}: "
                            f"pip install 'mlx-bald[serve]'") from None
-    from mlx_bald.hub import DEFAULT_MODEL, resolve_model
+    from mlx_bald.hub import default_model, resolve_model
 
     try:
-        specs = parse_model_specs(args.model or [DEFAULT_MODEL])
+        specs = parse_model_specs(args.model or [default_model()])
     except ValueError as e:
         raise MlxBaldError(str(e)) from None
     # Resolve every model now: requests can then only name these ids, never a path.

@@ -44,8 +44,6 @@ def _language(text: str) -> str | None:
 
 
 def register(sub) -> argparse.ArgumentParser:
-    from mlx_bald.hub import DEFAULT_MODEL
-
     p = sub.add_parser(
         "transcribe", help="transcribe audio files",
         description="Transcribe audio files with an MLX Whisper model (mlx-bald compressed or "
@@ -53,8 +51,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("audio", nargs="*", metavar="FILE", help="audio files ('-' reads stdin)")
     p.add_argument("--example", action="store_true",
                    help="transcribe the bundled LibriVox example clip")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"model name or folder (default: {DEFAULT_MODEL})")
+    p.add_argument("--model", default=None,
+                   help="model name or folder (default: $MLX_BALD_MODEL, else whisper-base-bald once built by `mlx-bald compress --general`, else whisper-base)")
     p.add_argument("--language", type=_language, default=None,
                    help="spoken language (code or name); default: detect")
     p.add_argument("--task", choices=["transcribe", "translate"], default="transcribe")
@@ -150,6 +148,9 @@ def run(args) -> int:
 
     files = _inputs(args)
     to_stdout = args.output_dir is None and args.output_format is None
+    if args.model is None:
+        from mlx_bald.hub import default_model
+        args.model = default_model()
     model = str(resolve_model(args.model))  # an unknown model stops here, before any file
     options = _options(args)
     writer = writer_kwargs = out_dir = None

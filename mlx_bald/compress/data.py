@@ -76,11 +76,19 @@ def batches_from_cache(clips: list[Clip], cache: Path, batch_size: int = 8, seed
         seqs.append((c.id, ids, n_prompt))
 
     def make_batches(epoch: int) -> Iterator[dict]:
+        # Shuffle, then sort by length inside pools of 16 batches, so a batch pads to a
+        # similar length (the vocabulary projection runs over every padded position).
+        rng = random.Random(seed * 1000 + epoch)
         order = list(range(len(seqs)))
-        random.Random(seed * 1000 + epoch).shuffle(order)
-        for start in range(0, len(order), batch_size):
-            chunk = [seqs[i] for i in order[start:start + batch_size]]
-            yield collate(chunk, lambda cid: load_cached_encoder_output(cache, cid))
+        rng.shuffle(order)
+        pool = batch_size * 16
+        chunks = []
+        for p in range(0, len(order), pool):
+            ranked = sorted(order[p:p + pool], key=lambda i: len(seqs[i][1]))
+            chunks += [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            yield collate([seqs[i] for i in chunk], lambda cid: load_cached_encoder_output(cache, cid))
     return make_batches
 
 

@@ -117,6 +117,9 @@ class DistillConfig:
     grad_clip: float = 1.0
     checkpoint_every: int = 200
     seed: int = 0
+    # The cross-attention key/value projections see only the frozen encoder's 1,500 frames per
+    # clip: training them is most of a step's backward on CPU, so by default they stay frozen.
+    train_cross_kv: bool = False
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
@@ -141,8 +144,10 @@ def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torc
         kw["encoder_outputs"] = (kw["encoder_outputs"][0].to(dt),)
     labels = batch["labels"].to(device)
     mask = labels != -100
-    with torch.no_grad():
-        t_logits = teacher(**kw).logits
+    t_logits = None
+    if cfg.kd_weight > 0:  # a plain fine-tune (no KD) never needs the teacher's forward
+        with torch.no_grad():
+            t_logits = teacher(**kw).logits
     seen: list[torch.Tensor] = []
     hook = student.proj_out.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
@@ -151,7 +156,8 @@ def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torc
         hook.remove()
     ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
     temp = temperature() if temperature is not None else cfg.init_temperature
-    kd = kd_kl_loss(out.logits.float(), t_logits.float(), mask, temp)
+    kd = kd_kl_loss(out.logits.float(), t_logits.float(), mask, temp) if t_logits is not None \
+        else torch.zeros((), device=device)
     feat = torch.zeros((), device=device)
     emb = student.model.decoder.embed_tokens
     if cfg.feature_weight > 0 and isinstance(emb, FactoredEmbedding) and teacher_embedding is not None:
@@ -194,7 +200,8 @@ def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
-    pick = trainable or (lambda name, p: ".decoder." in f".{name}")
+    pick = trainable or (lambda name, p: ".decoder." in f".{name}" and (
+        cfg.train_cross_kv or not re.search(r"encoder_attn\.[kv]_proj\.", name)))
     params = []
     for name, p in student.named_parameters():
         p.requires_grad_(bool(pick(name, p)))

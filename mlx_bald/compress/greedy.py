@@ -54,3 +54,23 @@ def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120)
         hyps += greedy_transcribe(model, states, chunk[0].language, max_new_tokens)
     wer, _ = corpus_wer([c.text for c in clips], hyps, clips[0].language)
     return wer
+
+
+@torch.no_grad()
+def dev_cross_entropy(model, clips, cache, batch_size: int = 16, max_tokens: int = 64) -> float:
+    """Teacher-forced cross-entropy (nats/token) on the reference texts: a smooth dev signal
+    that still ranks students whose greedy output is all wrong (WER 100)."""
+    from torch.nn import functional as F
+
+    from mlx_bald.compress.data import batches_from_cache
+
+    model.eval()
+    dtype = next(model.parameters()).dtype
+    total, count = 0.0, 0
+    for b in batches_from_cache(clips, cache, batch_size, 0, max_tokens=max_tokens)(0):
+        logits = model(encoder_outputs=(b["encoder_hidden_states"].to(dtype),),
+                       decoder_input_ids=b["decoder_input_ids"], use_cache=False).logits
+        mask = b["labels"] != -100
+        total += F.cross_entropy(logits[mask].float(), b["labels"][mask], reduction="sum").item()
+        count += int(mask.sum())
+    return total / max(count, 1)

@@ -95,3 +95,16 @@ def test_only_the_general_student_may_take_the_default_name():
     args = argparse.Namespace(general=False, name=None)
     _default_name(args, ("bald",))
     assert args.name is None
+
+
+@pytest.mark.parametrize("student_wer, expect_suffix", [(2.9, ""), (3.5, "-unvetted"), (None, "-unvetted")])
+def test_general_student_becomes_default_only_if_it_kept_english(tmp_path, student_wer, expect_suffix):
+    from mlx_bald.cli.compress import _vetted_name
+
+    table = [{"model": "whisper-base", "wer_librivox": 1.41}]
+    if student_wer is not None:
+        table.append({"model": "merged+lowrank-embedding", "wer_librivox": student_wer})
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"table": table}))
+    assert _vetted_name(hub.DEFAULT_COMPRESSED, report) == hub.DEFAULT_COMPRESSED + expect_suffix
+    assert _vetted_name("my-student", report) == "my-student"  # other names are never gated

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -180,9 +181,31 @@ def _combined(args, recipe: tuple[str, ...]) -> Path:
 
 def _finish(args, student: Path, convert_checkpoint, models_dir) -> int:
     mlx_dir = convert_checkpoint(student, args.out / "mlx")
-    if args.name:
-        convert_checkpoint(student, models_dir() / args.name / "mlx")
+    name = _vetted_name(args.name, args.out / "report.json")
+    if name:
+        convert_checkpoint(student, models_dir() / name / "mlx")
     print(mlx_dir)
     print(f"mlx-bald: compressed {args.model} -> {student} (torch) and {mlx_dir} (MLX); "
-          f"report: {args.out / 'report.json'}", file=sys.stderr)
+          f"report: {args.out / 'report.json'}" + (f"; registered as {name}" if name else ""), file=sys.stderr)
     return 0
+
+
+ENGLISH_GATE = 2.0  # WER points on LibriVox a default model may lose against stock base
+
+
+def _vetted_name(name: str | None, report: Path) -> str | None:
+    """The general student becomes the default model only if it kept base's English (LibriVox
+    WER within ENGLISH_GATE points of base in its report); otherwise it is registered as
+    NAME-unvetted, so that nobody gets a broken default by running the recipe."""
+    from mlx_bald.hub import DEFAULT_COMPRESSED
+
+    if name != DEFAULT_COMPRESSED:
+        return name
+    rows = {r["model"]: r for r in (json.loads(report.read_text()).get("table", []) if report.exists() else [])}
+    base, got = rows.get("whisper-base", {}), rows.get("merged+lowrank-embedding", {})
+    if "wer_librivox" in base and "wer_librivox" in got and got["wer_librivox"] <= base["wer_librivox"] + ENGLISH_GATE:
+        return name
+    print(f"mlx-bald: the general student's LibriVox WER ({got.get('wer_librivox', 'not measured')}) is not within "
+          f"{ENGLISH_GATE} points of base ({base.get('wer_librivox', 'not measured')}): registered as "
+          f"{name}-unvetted, NOT as the default model", file=sys.stderr)
+    return f"{name}-unvetted"

@@ -117,7 +117,7 @@ def _pseudo_labels(run: _Run) -> dict[str, str]:
     for start in tqdm(range(0, len(clips), 8), desc="pseudo-labels", file=sys.stderr):
         chunk = clips[start:start + 8]
         states = torch.stack([load_cached_encoder_output(run.caches["train"], c.id) for c in chunk])
-        for c, text in zip(chunk, greedy_transcribe(run.base, states, c.language)):
+        for c, text in zip(chunk, greedy_transcribe(run.base, states, chunk[0].language)):
             labels[c.id] = text
     path.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
     return labels

@@ -55,6 +55,16 @@ def test_encoder_cache_written_once_in_fp16(tmp_path):
     with torch.no_grad():
         want = model.model.encoder(clips[1][1][None]).last_hidden_state[0]
     torch.testing.assert_close(got.float(), want, atol=2e-2, rtol=1e-2)
+    # lazy inputs: a mel is computed only for a clip that is not cached yet
+    called = []
+
+    def lazy(i):
+        called.append(i)
+        return features(batch=1, seed=i)[0]
+
+    more = [(f"spk/clip-{i}", lambda i=i: lazy(i)) for i in range(5)]
+    assert cache_encoder_outputs(model, more, tmp_path, batch_size=2, progress=False) == 2
+    assert called == [3, 4]
 
 
 def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_path):

@@ -204,6 +204,17 @@ def test_quantized_compressed_model_stays_close(bits):
     assert rel < (0.02 if bits == 8 else 0.3)
 
 
+def decode_stepwise(model, tokens, xa, prompt: int, compiled: bool):
+    """A ``prompt``-token pass, then one-token steps through the kv cache: (logits of every
+    position [B, T, V], the final cache)."""
+    logits, cache, _ = model.decoder(tokens[:, :prompt], xa)
+    steps = [logits]
+    for t in range(prompt, tokens.shape[1]):
+        logits, cache, _ = model.decoder(tokens[:, t:t + 1], xa, cache, compiled=compiled)
+        steps.append(logits)
+    return mx.concatenate(steps, axis=1), cache
+
+
 @pytest.mark.parametrize("spec_name", ["dense", "compressed"])
 @pytest.mark.parametrize("compiled", [True, False])
 def test_incremental_decoding_equals_full_sequence(spec_name, compiled):
@@ -213,13 +224,9 @@ def test_incremental_decoding_equals_full_sequence(spec_name, compiled):
     mel = random_mel(dims, batch=2)
     xa = model.encoder(mel)
     full = model.decoder(TOKENS, xa)[0]
-    logits, cache, _ = model.decoder(TOKENS[:, :3], xa)
-    steps = [logits]
-    for t in range(3, TOKENS.shape[1]):
-        logits, cache, _ = model.decoder(TOKENS[:, t:t + 1], xa, cache, compiled=compiled)
-        steps.append(logits)
+    stepped, cache = decode_stepwise(model, TOKENS, xa, prompt=3, compiled=compiled)
     assert cache.offset == TOKENS.shape[1]
-    assert max_diff(mx.concatenate(steps, axis=1), full) < 1e-4
+    assert max_diff(stepped, full) < 1e-4
     # a multi-token step on an existing cache works as well
     logits, cache2, _ = model.decoder(TOKENS[:, :2], xa)
     logits, _, _ = model.decoder(TOKENS[:, 2:], xa, cache2)
@@ -305,9 +312,5 @@ def test_long_incremental_decoding_crosses_cache_buckets():
     xa = model.encoder(random_mel(dims))
     tokens = mx.array(np.random.default_rng(5).integers(0, dims.n_vocab, (1, 140)))
     full = model.decoder(tokens, xa)[0]
-    logits, cache, _ = model.decoder(tokens[:, :1], xa)
-    steps = [logits]
-    for t in range(1, tokens.shape[1]):
-        logits, cache, _ = model.decoder(tokens[:, t:t + 1], xa, cache, compiled=False)
-        steps.append(logits)
-    assert max_diff(mx.concatenate(steps, axis=1), full) < 1e-4
+    stepped, _ = decode_stepwise(model, tokens, xa, prompt=1, compiled=False)
+    assert max_diff(stepped, full) < 1e-4

@@ -54,11 +54,13 @@ def encoder_cache_dir(model_name: str, set_name: str) -> Path:
 
 def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip],
                          progress: bool = True) -> Path:
-    """Run the (frozen) encoder once per clip and keep its output on disk (fp16)."""
+    """Run the (frozen) encoder once per clip and keep its output on disk (fp16). A clip's
+    log-mel is computed only if its output is not cached yet."""
     from mlx_bald.compress.distill import cache_encoder_outputs
 
     out = encoder_cache_dir(model_name, set_name)
-    cache_encoder_outputs(model, ((c.id, features(c, model.config.num_mel_bins)) for c in clips), out,
+    n_mels = model.config.num_mel_bins
+    cache_encoder_outputs(model, ((c.id, lambda c=c: features(c, n_mels)) for c in clips), out,
                           batch_size=4, progress=progress)
     return out
 

@@ -19,62 +19,38 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
+from .clip_store import Inputs, clip_file, write_missing
 from .embedding import FactoredEmbedding, embedding_distill_loss
 
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
-
-
 # ---- encoder-output cache ----------------------------------------------------------------
-def _cache_path(cache_dir: Path, clip_id: str) -> Path:
-    return cache_dir / f"{_SAFE_ID.sub('_', clip_id)}.safetensors"
-
-
 @torch.no_grad()
-def cache_encoder_outputs(model: nn.Module, clips: Iterable[tuple[str, torch.Tensor]], cache_dir: str | os.PathLike,
+def cache_encoder_outputs(model: nn.Module, clips: Iterable[tuple[str, Inputs]], cache_dir: str | os.PathLike,
                           batch_size: int = 8, progress: bool = True) -> int:
     """Run ``model``'s encoder once per clip (``clips`` yields (clip_id, input_features
-    [n_mels, T])) and store last_hidden_state [S, d] as fp16, one safetensors file per clip.
-    Clips already cached are skipped. Returns how many were computed."""
-    from tqdm.auto import tqdm
-
-    cache = Path(cache_dir)
-    cache.mkdir(parents=True, exist_ok=True)
+    [n_mels, T] or a callable returning them)) and store last_hidden_state [S, d] as fp16, one
+    safetensors file per clip. Clips already cached are skipped. Returns how many were computed."""
     encoder = model.model.encoder
     was_training = encoder.training
     encoder.eval()
     device = next(encoder.parameters()).device
     dtype = next(encoder.parameters()).dtype
-    done, pending = 0, []
 
-    def flush() -> None:
-        nonlocal done
-        feats = torch.stack([f for _, f in pending]).to(device=device, dtype=dtype)
-        states = encoder(feats).last_hidden_state.to(torch.float16).cpu()
-        for (cid, _), s in zip(pending, states):
-            tmp = _cache_path(cache, cid).with_suffix(".tmp")
-            save_file({"encoder_hidden_states": s.contiguous()}, str(tmp))
-            tmp.replace(_cache_path(cache, cid))
-        done += len(pending)
-        pending.clear()
+    def compute(ids: list[str], feats: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        states = encoder(feats.to(device=device, dtype=dtype)).last_hidden_state.to(torch.float16).cpu()
+        return [{"encoder_hidden_states": s} for s in states]
 
-    for cid, feats in tqdm(clips, desc="encoder cache", disable=not progress, unit="clip"):
-        if _cache_path(cache, cid).is_file():
-            continue
-        pending.append((cid, feats))
-        if len(pending) == batch_size:
-            flush()
-    if pending:
-        flush()
-    encoder.train(was_training)
-    return done
+    try:
+        return write_missing(cache_dir, clips, compute, batch_size, "encoder cache", progress)
+    finally:
+        encoder.train(was_training)
 
 
 def load_cached_encoder_output(cache_dir: str | os.PathLike, clip_id: str) -> torch.Tensor:
-    path = _cache_path(Path(cache_dir), clip_id)
+    path = clip_file(cache_dir, clip_id)
     if not path.is_file():
         raise FileNotFoundError(f"no cached encoder output for {clip_id!r} in {cache_dir}")
     return load_file(str(path))["encoder_hidden_states"]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -26,13 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
+from .clip_store import clip_file, write_missing
 from .layerwise import capture_layer_io, layer_mse
-
-_SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
-
 
 class HiddenStates:
     """Per-clip encoder boundaries ``h0..hN`` in ``folder``."""
@@ -41,7 +37,7 @@ class HiddenStates:
         self.folder = Path(folder)
 
     def path(self, clip_id: str) -> Path:
-        return self.folder / f"{_SAFE_ID.sub('_', clip_id)}.safetensors"
+        return clip_file(self.folder, clip_id)
 
     def has(self, clip_id: str) -> bool:
         return self.path(clip_id).is_file()
@@ -51,39 +47,22 @@ class HiddenStates:
               progress: bool = True) -> int:
         """Run ``model``'s encoder on ``clips`` ((id, input_features [n_mels, T]) pairs) and
         store every layer boundary. Clips already stored are skipped; returns how many ran."""
-        from tqdm.auto import tqdm
-
-        self.folder.mkdir(parents=True, exist_ok=True)
         layers = {f"{i}": l for i, l in enumerate(model.model.encoder.layers)}
         n = len(layers)
-        pending: list[tuple[str, torch.Tensor]] = []
-        done = 0
 
-        def flush() -> None:
-            nonlocal done
-            io = capture_layer_io(model, layers, {"input_features": torch.stack([f for _, f in pending])},
-                                  stop_early=False)
+        def compute(ids: list[str], feats: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+            io = capture_layer_io(model, layers, {"input_features": feats}, stop_early=False)
             bounds = [io[f"{i}"][0][0] for i in range(n)] + [io[f"{n - 1}"][2]]
-            for row, (cid, _) in enumerate(pending):
-                tensors = {f"h{k}": b[row].to(torch.float16).contiguous() for k, b in enumerate(bounds)}
+            rows = []
+            for row, cid in enumerate(ids):
+                tensors = {f"h{k}": b[row].to(torch.float16) for k, b in enumerate(bounds)}
                 if not all(torch.isfinite(t).all() for t in tensors.values()):
                     raise ValueError(f"{cid}: hidden states overflow fp16")
-                tmp = self.path(cid).with_suffix(".tmp")
-                save_file(tensors, str(tmp))
-                tmp.replace(self.path(cid))
-            done += len(pending)
-            pending.clear()
+                rows.append(tensors)
+            return rows
 
         model.eval()
-        for cid, feats in tqdm(clips, desc="hidden states", disable=not progress, unit="clip"):
-            if self.has(cid):
-                continue
-            pending.append((cid, feats))
-            if len(pending) == batch_size:
-                flush()
-        if pending:
-            flush()
-        return done
+        return write_missing(self.folder, clips, compute, batch_size, "hidden states", progress)
 
     def load(self, clip_ids: Sequence[str], *keys: int) -> list[torch.Tensor]:
         """For each boundary index in ``keys``: a float32 [B, T, d] stack over ``clip_ids``."""

@@ -6,8 +6,8 @@ dynamic linker resolve MLX's cblas/lapack symbols to it. Set ``MLX_BALD_BLAS=ref
 to opt out, or ``MLX_BALD_OPENBLAS=/path/libopenblas.so.0`` to choose the library.
 
 The load waits for the first ``import mlx``: OpenBLAS loaded globally BEFORE torch
-interposes on torch's MKL ``sgemm`` and its threads fight torch's OpenMP pool (a
-decoder training step went from 1.2 s to 3-7 s on 2 cores), so torch-only work must
+interposes on torch's MKL ``sgemm`` and its threads fight torch's OpenMP pool (a teacher
+fine-tune step of ``mlx-bald compress`` took ~3.0 s instead of ~1.1 s on 2 cores), so torch-only work must
 never see it.
 """
 from __future__ import annotations

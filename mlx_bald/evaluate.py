@@ -51,10 +51,12 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
     from tqdm import tqdm
 
     from mlx_bald.data import load_set
+    from mlx_bald.errors import MlxBaldError
 
+    if set_spec.startswith("tts-"):
+        raise MlxBaldError(f"{set_spec!r} is synthetic speech, for training only: WER is reported on real speech")
     clips = load_set(set_spec)[: limit or None]
     if not clips:
-        from mlx_bald.errors import MlxBaldError
         raise MlxBaldError(f"set {set_spec!r} has no clips")
     lang = language or clips[0].language
     if engine == "mlx":

@@ -134,3 +134,48 @@ def test_openblas_loads_only_when_mlx_is_imported():
     assert out.returncode == 0, out.stderr
     loaded, available = out.stdout.split()
     assert loaded == available
+
+
+def test_hidden_state_matching_of_merged_layers():
+    """A merged layer learns to reproduce the output of the last layer it replaced."""
+    from mlx_bald.compress.distill import DistillConfig, distill_losses, train_decoder
+    from mlx_bald.spec import MergeGroup
+
+    teacher = tiny_model()
+    n = teacher.config.decoder_layers
+    batch = {"input_features": features(seed=1), "decoder_input_ids": tokens(seed=2)}
+    batch["labels"] = batch["decoder_input_ids"].roll(-1, 1)
+    same = DistillConfig(hidden_weight=1.0, hidden_map=tuple((i, i) for i in range(n)), kd_weight=0.0)
+    assert distill_losses(tiny_model(), teacher, batch, same)["hidden"].item() == pytest.approx(0.0, abs=1e-6)
+
+    assert n == 4
+    spec = CompressionSpec(decoder_merge=[MergeGroup([0, 1], [0.5, 0.5]), MergeGroup([2, 3], [0.5, 0.5])],
+                           recipe=["bald"])
+    student = apply_spec(tiny_model(), spec)
+    cfg = DistillConfig(steps=30, lr=3e-3, ce_weight=0.0, kd_weight=0.0, feature_weight=0.0, hidden_weight=1.0,
+                        hidden_map=((0, 1), (1, 3)))
+    before = distill_losses(student, teacher, batch, cfg)["hidden"].item()
+    assert before > 0.01
+    off = distill_losses(student, teacher, batch, DistillConfig(hidden_weight=0.0, hidden_map=cfg.hidden_map))
+    assert off["hidden"].item() == 0.0  # no weight: not computed
+    train_decoder(student, teacher, lambda e: [batch], cfg, progress=False)
+    assert distill_losses(student, teacher, batch, cfg)["hidden"].item() < 0.5 * before
+
+
+def test_batches_from_several_caches(tmp_path):
+    """Clips of several sets (general student): one encoder-cache folder per set."""
+    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.data.clips import Clip
+
+    model = tiny_model()
+    clips, folders = [], {}
+    for s, lang in enumerate(("cs", "nl")):
+        part = [Clip(id=f"{lang}/c{i}", path=tmp_path / "x.ogg", text="ahoj svete", language=lang) for i in range(3)]
+        cache_encoder_outputs(model, [(c.id, features(batch=1, seed=10 * s + i)[0]) for i, c in enumerate(part)],
+                              tmp_path / lang, progress=False)
+        clips += part
+        folders |= {c.id: tmp_path / lang for c in part}
+    (batch,) = list(batches_from_cache(clips, folders, batch_size=6)(0))
+    assert batch["encoder_hidden_states"].shape[0] == 6
+    with pytest.raises(FileNotFoundError):  # one folder for all: the other set's clips are missing
+        list(batches_from_cache(clips, tmp_path / "cs", batch_size=6)(0))

@@ -231,8 +231,8 @@ def test_cli_prune_plus_adaptwin_on_real_weights(tmp_path):
     """The real CLI path on whisper-base with a handful of Czech clips (about a minute)."""
     out = tmp_path / "run"
     r = run_cli("compress", "--recipe", "adaptwin+prune", "--prune", "1", "--compression", "0.25",
-                "--train-clips", "4", "--heldout-clips", "4", "--layer-epochs", "1", "--out", str(out),
-                env={"OMP_NUM_THREADS": "1"})
+                "--train-clips", "4", "--heldout-clips", "4", "--layer-epochs", "1", "--recover-epochs", "1",
+                "--out", str(out), env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     config = json.loads((out / "mlx" / "config.json").read_text())
     spec = CompressionSpec.from_dict(config["compression"])
@@ -240,3 +240,27 @@ def test_cli_prune_plus_adaptwin_on_real_weights(tmp_path):
     assert spec.recipe == ["prune", "adaptwin"] and len(spec.encoder_pruned) == 1
     assert config["n_audio_layer"] == 5 and len(spec.attention) == len(spec.ffn) == 3  # 3 of 5 twins ~ 25-30%
     assert report["results"]["student"]["params"] == report["results"]["student"]["expected_params"]
+    assert report["results"]["student"]["recovery"]["epochs"] == 1
+
+
+def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
+    from mlx_bald.compress.layer_cache import LayerStack, relative_output_error
+
+    base = tiny_model(encoder_layers=4)
+    kw = tiny_run(tmp_path, base, epochs=1, recover_epochs=6, recover_lr=3e-3)
+    run = EncoderRun(kw.pop("o"), progress=False, **kw)
+    run.train_twins()
+    folder = run.build(1, 0.5, tmp_path / "rec")
+    summary = run.report["results"]["rec"]
+    rec = summary["recovery"]
+    assert rec["epochs"] == 6 and rec["steps"] == 6 * 4
+    assert rec["heldout_speech_output_error"] < rec["heldout_speech_output_error_before"], rec
+    model, spec = load_compressed(folder)
+    assert spec.notes["encoder_recipe"]["recovery"] == {"epochs": 6, "lr": 3e-3}
+    assert len(model.model.encoder.layers) == 3 and summary["twins"]
+    assert base.model.encoder.layer_norm.weight.grad is None  # the final norm stays frozen
+    # the saved checkpoint (LoRA baked) is the recovered encoder, not the layer-wise one
+    stack = LayerStack(list(model.model.encoder.layers), model.model.encoder.layer_norm)
+    saved = relative_output_error(stack, run.states, run.heldout_ids, 0, 4, frames=run.heldout_frames)
+    assert saved == pytest.approx(rec["heldout_speech_output_error"], rel=1e-3)
+    assert not (run.work / "recover" / "rec.ckpt").exists()

@@ -70,8 +70,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--search-steps", type=int, default=40, help="training steps per search trial")
     p.add_argument("--rank", type=int, default=96, help="rank of the factored token embedding")
     p.add_argument("--teacher-steps", type=int, default=300)
-    p.add_argument("--merge-steps", type=int, default=400)
-    p.add_argument("--embed-steps", type=int, default=300)
+    p.add_argument("--merge-steps", type=int, default=1400, help="training steps of the merged student")
+    p.add_argument("--embed-steps", type=int, default=1200, help="training steps of the low-rank embedding stage")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64,
                    help="training targets are cut to this many tokens (prompt + text + end-of-text)")
@@ -79,6 +79,14 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--teacher-lr", type=float, default=1e-5, help="learning rate of the teacher fine-tune")
     p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=int, default=48, help="dev clips for the search and stage checks")
+    p.add_argument("--extra-audio", type=lambda s: [x for x in s.split(",") if x],
+                   default=["fillets-nl:train", "tts-en:train"],
+                   help="--general: more unlabelled audio sets, comma-separated ('' for none); "
+                        "tts-en is synthetic English (espeak-ng), so the student keeps base's English")
+    p.add_argument("--extra-clips", type=int, default=400, help="--general: clips taken from each extra set")
+    p.add_argument("--hidden-weight", type=float, default=None,
+                   help="weight of hidden-state matching (merged layer -> last layer it replaced); "
+                        "default 1 with --general, else 0")
     p.add_argument("--seed", type=int, default=0)
     enc = p.add_argument_group("encoder recipes (prune, adaptwin)")
     enc.add_argument("--compression", type=float, default=0.5,
@@ -97,6 +105,9 @@ def register(sub) -> argparse.ArgumentParser:
     enc.add_argument("--bridge-epochs", type=int, default=1, help="epochs per pruning bridge layer")
     enc.add_argument("--layer-lr", type=float, default=3e-4, help="peak learning rate (linear decay)")
     enc.add_argument("--layer-batch-size", type=int, default=4)
+    enc.add_argument("--recover-epochs", type=int, default=2,
+                     help="epochs of end-to-end recovery of the built encoder (h0 -> encoder output); 0: layer-wise only")
+    enc.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
     return p
 
 
@@ -111,7 +122,8 @@ def _encoder(args, out: Path):
                           ffn_rank=args.ffn_rank, train_clips=args.train_clips, pack_seconds=args.pack_seconds,
                           heldout_clips=args.heldout_clips,
                           epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
-                          lr=args.layer_lr, seed=args.seed)
+                          lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
+                          seed=args.seed)
     return run_encoder(opts, out / "student")
 
 
@@ -162,7 +174,9 @@ def _bald_options(args, out: Path):
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
                        batch_size=args.batch_size, max_tokens=args.max_tokens, lr=args.lr,
                        teacher_lr=args.teacher_lr,
-                       max_train_clips=args.max_train_clips, dev_clips=args.dev_clips, seed=args.seed)
+                       max_train_clips=args.max_train_clips, dev_clips=args.dev_clips,
+                       extra_audio=args.extra_audio, extra_clips=args.extra_clips, hidden_weight=args.hidden_weight,
+                       seed=args.seed)
 
 
 def _combined(args, recipe: tuple[str, ...]) -> Path:

@@ -3,7 +3,7 @@ sequences in Whisper's prompt format, cached encoder states, shuffled padded bat
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,12 +65,15 @@ def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip
     return out
 
 
-def batches_from_cache(clips: list[Clip], cache: Path, batch_size: int = 8, seed: int = 0,
+def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batch_size: int = 8, seed: int = 0,
                        texts: dict[str, str] | None = None, multilingual: bool = True,
                        max_tokens: int = 120) -> Callable[[int], Iterator[dict]]:
     """``make_batches(epoch)`` for distill.train_decoder: shuffled by (seed, epoch), padded.
-    ``texts`` overrides the reference text per clip id (e.g. teacher pseudo-labels)."""
+    ``texts`` overrides the reference text per clip id (e.g. teacher pseudo-labels).
+    ``cache``: one folder, or {clip id: folder} for clips from several sets."""
     from mlx_bald.compress.distill import load_cached_encoder_output
+
+    folder = (lambda cid: cache[cid]) if isinstance(cache, Mapping) else (lambda cid: cache)
 
     seqs = []
     for c in clips:
@@ -90,7 +93,7 @@ def batches_from_cache(clips: list[Clip], cache: Path, batch_size: int = 8, seed
             chunks += [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
         rng.shuffle(chunks)
         for chunk in chunks:
-            yield collate([seqs[i] for i in chunk], lambda cid: load_cached_encoder_output(cache, cid))
+            yield collate([seqs[i] for i in chunk], lambda cid: load_cached_encoder_output(folder(cid), cid))
     return make_batches
 
 

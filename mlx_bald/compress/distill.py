@@ -96,6 +96,11 @@ class DistillConfig:
     # The cross-attention key/value projections see only the frozen encoder's 1,500 frames per
     # clip: training them is most of a step's backward on CPU, so by default they stay frozen.
     train_cross_kv: bool = False
+    # Hidden-state matching (general student): student decoder layer s reproduces teacher
+    # layer t's output for each (s, t) in hidden_map, e.g. a merged layer the second layer
+    # of the pair it replaced. Relative squared error, so the weight is scale-free.
+    hidden_weight: float = 0.0
+    hidden_map: tuple[tuple[int, int], ...] = ()
 
 
 def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
@@ -110,9 +115,10 @@ def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[
 def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], cfg: DistillConfig,
                    temperature: LearnableTemperature | None = None,
                    teacher_embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-    """One batch's losses: {"loss", "ce", "kd", "feature"}. The feature term is BaldWhisper's
-    embedding loss (input lookup of the batch tokens + output projection of the student's
-    final decoder states), used when the student's embedding is factored."""
+    """One batch's losses: {"loss", "ce", "kd", "feature", "hidden"}. The feature term is
+    BaldWhisper's embedding loss (input lookup of the batch tokens + output projection of the
+    student's final decoder states), used when the student's embedding is factored; the
+    hidden term matches decoder layer outputs (``cfg.hidden_map``) on the label positions."""
     device = next(student.parameters()).device
     kw = _model_inputs(batch, device)
     if "encoder_outputs" in kw:
@@ -120,14 +126,16 @@ def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torc
         kw["encoder_outputs"] = (kw["encoder_outputs"][0].to(dt),)
     labels = batch["labels"].to(device)
     mask = labels != -100
-    t_logits = None
-    if cfg.kd_weight > 0:  # a plain fine-tune (no KD) never needs the teacher's forward
+    t_logits = t_out = None
+    match = cfg.hidden_weight > 0 and bool(cfg.hidden_map)
+    if cfg.kd_weight > 0 or match:  # a plain fine-tune (no KD) never needs the teacher's forward
         with torch.no_grad():
-            t_logits = teacher(**kw).logits
+            t_out = teacher(**kw, output_hidden_states=match)
+        t_logits = t_out.logits if cfg.kd_weight > 0 else None
     seen: list[torch.Tensor] = []
     hook = student.proj_out.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
     try:
-        out = student(**kw)
+        out = student(**kw, output_hidden_states=match)
     finally:
         hook.remove()
     ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
@@ -139,8 +147,25 @@ def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torc
     if cfg.feature_weight > 0 and isinstance(emb, FactoredEmbedding) and teacher_embedding is not None:
         hidden = seen[0][mask]  # final decoder states, the output projection's input
         feat = embedding_distill_loss(emb, teacher_embedding.to(device), kw["decoder_input_ids"].unique(), hidden)
-    loss = cfg.ce_weight * ce + cfg.kd_weight * kd + cfg.feature_weight * feat
-    return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach()}
+    hidden = torch.zeros((), device=device)
+    if match:
+        hidden = hidden_match_loss(out.decoder_hidden_states, t_out.decoder_hidden_states, cfg.hidden_map, mask)
+    loss = cfg.ce_weight * ce + cfg.kd_weight * kd + cfg.feature_weight * feat + cfg.hidden_weight * hidden
+    return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach(), "hidden": hidden.detach()}
+
+
+def hidden_match_loss(student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
+                      pairs: Iterable[tuple[int, int]], mask: torch.Tensor) -> torch.Tensor:
+    """Mean over ``pairs`` (student layer s, teacher layer t) of
+    ||out_s - out_t||^2 / ||out_t||^2 on the ``mask`` positions. ``*_states`` are transformers'
+    ``decoder_hidden_states`` (embeddings first, so layer i's output is entry i + 1; the last
+    entry is after the final LayerNorm in both models, so last layers compare like for like)."""
+    pairs = list(pairs)
+    total = torch.zeros((), device=mask.device)
+    for s, t in pairs:
+        a, b = student_states[s + 1][mask].float(), teacher_states[t + 1][mask].float().detach()
+        total = total + ((a - b) ** 2).sum() / (b ** 2).sum().clamp_min(1e-6)
+    return total / max(len(pairs), 1)
 
 
 def _seed_everything(seed: int) -> None:

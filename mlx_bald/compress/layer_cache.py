@@ -137,6 +137,36 @@ def _steps(ids: Sequence[str], cfg: LayerTrainConfig) -> Iterator[tuple[int, lis
             yield epoch, batch
 
 
+class LayerStack(nn.Module):
+    """Encoder layers run in order, then an optional FROZEN final norm: the unit that
+    end-to-end recovery trains from the cached input of the first layer (``h0``) to the
+    encoder output. With the norm, the loss is taken where the decoder reads the states."""
+
+    def __init__(self, layers: Sequence[nn.Module], final: nn.Module | None = None):
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.final = final
+        if final is not None:
+            for p in final.parameters():
+                p.requires_grad_(False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.layers.parameters())
+
+    def target(self, y: torch.Tensor) -> torch.Tensor:
+        """The cached boundary ``y`` mapped to where this stack's output lives."""
+        if self.final is None:
+            return y
+        with torch.no_grad():
+            return self.final(y)
+
+    def forward(self, h: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        for layer in self.layers:
+            y = layer(h, mask)
+            h = y[0] if isinstance(y, tuple) else y
+        return self.final(h) if self.final is not None else h
+
+
 def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
                 cfg: LayerTrainConfig, ckpt: str | os.PathLike | None = None, desc: str = "layer",
                 progress: bool = True) -> dict[str, float]:
@@ -150,7 +180,8 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
     if not ids:
         raise ValueError("no clips to train on")
     total = cfg.epochs * math.ceil(len(ids) / cfg.batch_size)
-    params = [p for p in layer.parameters()]
+    params = layer.trainable_parameters() if isinstance(layer, LayerStack) else list(layer.parameters())
+    target = layer.target if isinstance(layer, LayerStack) else (lambda y: y)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -180,7 +211,7 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
         if i < step:
             continue  # done before the resume point (the order is a function of seed and epoch)
         x, y = states.load(batch, src, dst)
-        loss = layer_mse(layer, (x, None), {}, y)
+        loss = layer_mse(layer, (x, None), {}, target(y))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -229,4 +260,22 @@ def relative_layer_error(layer: nn.Module, states: HiddenStates, ids: Sequence[s
         keep = speech_mask(chunk, frames, x.shape[1])
         err += float(((out - y) ** 2).sum(-1)[keep].sum())
         ref += float(((y - x) ** 2).sum(-1)[keep].sum())
+    return err / max(ref, 1e-30)
+
+
+@torch.no_grad()
+def relative_output_error(stack: LayerStack, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
+                          batch_size: int = 4, frames: Mapping[str, int] | None = None) -> float:
+    """sum ||stack(h_src) - target(h_dst)||^2 / sum ||target(h_dst)||^2 on clips ``ids`` (with
+    ``frames``: their speech frames only): how far a whole (compressed) encoder's output is
+    from the original's."""
+    stack.eval()
+    err = ref = 0.0
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        x, y = states.load(chunk, src, dst)
+        y = stack.target(y)
+        keep = speech_mask(chunk, frames, x.shape[1])
+        err += float(((stack(x, None) - y) ** 2).sum(-1)[keep].sum())
+        ref += float((y ** 2).sum(-1)[keep].sum())
     return err / max(ref, 1e-30)

@@ -16,7 +16,12 @@
    (pruned) dense encoder and the change of the final encoder output on held-out audio is
    measured; the lowest-error twins are kept until the parameter saving is closest to the
    target fraction of the kept encoder layers' parameters.
-5. The result is a compressed checkpoint (``save_compressed``) whose spec lists the pruned
+5. Recovery (optional, ``recover_epochs``): the chosen encoder (kept layers, twins, bridges)
+   is fine-tuned END TO END from the cached first-layer input h0 to the original encoder
+   output (after the frozen final norm, where the decoder reads it). Layer-wise training
+   fits each layer on the ORIGINAL inputs, so errors compound through the stack; this
+   stage trains the layers on each other's outputs. It is per built model (not shared).
+6. The result is a compressed checkpoint (``save_compressed``) whose spec lists the pruned
    layers and the low-rank modules of the chosen layers.
 """
 from __future__ import annotations
@@ -37,8 +42,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_bald.compress.data import features, subset
-from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows, relative_layer_error,
-                                           speech_mask, train_layer)
+from mlx_bald.compress.layer_cache import (HiddenStates, LayerStack, LayerTrainConfig, pack_windows,
+                                           relative_layer_error, relative_output_error, speech_mask, train_layer)
 from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
 from mlx_bald.compress.recipe_prune import bridge_plan, choose_pruned, load_bridge, train_bridges
 from mlx_bald.compress.twins import split_rank
@@ -62,6 +67,8 @@ class EncoderOptions:
     bridge_epochs: int = 1
     batch_size: int = 4
     lr: float = 3e-4
+    recover_epochs: int = 0  # end-to-end recovery of the built encoder (0: layer-wise only)
+    recover_lr: float = 1e-4
     seed: int = 0
 
 
@@ -312,9 +319,25 @@ class EncoderRun:
         return select_layers(errors, savings, sum(dense.values()), target)
 
     # ---- result ---------------------------------------------------------------------------
-    def build(self, n_prune: int, target: float, folder: str | Path) -> Path:
-        """Compressed checkpoint: ``n_prune`` layers dropped, twins kept for ``target``."""
+    def recover(self, layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str) -> dict:
+        """End-to-end recovery of ``layers`` (trained in place) from h0 to the encoder output."""
+        stack, t0 = LayerStack(layers, final), time.time()
+        before = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
+        _log(f"{name}: recovery, {epochs} epochs end to end; held-out output error {before:.4f} (speech frames)")
+        cfg = LayerTrainConfig(lr=self.o.recover_lr, epochs=epochs, batch_size=self.o.batch_size, seed=self.o.seed)
+        ckpt = self.work / "recover" / f"{name}.ckpt"
+        s = train_layer(stack, self.states, self.train_ids, 0, self.n, cfg, ckpt, desc=f"recover {name}",
+                        progress=self.progress)
+        after = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
+        _log(f"{name}: held-out output error {before:.4f} -> {after:.4f}")
+        return s | {"epochs": epochs, "lr": self.o.recover_lr, "seconds": round(time.time() - t0, 1),
+                    "heldout_speech_output_error_before": before, "heldout_speech_output_error": after}
+
+    def build(self, n_prune: int, target: float, folder: str | Path, recover_epochs: int | None = None) -> Path:
+        """Compressed checkpoint: ``n_prune`` layers dropped, twins kept for ``target``, then
+        ``recover_epochs`` (default: the options') of end-to-end recovery."""
         folder = Path(folder)
+        recover_epochs = self.o.recover_epochs if recover_epochs is None else recover_epochs
         if (folder / "model.safetensors").is_file() and folder.name in self.report.get("results", {}):
             return folder
         pruned = self.pruned(n_prune)
@@ -336,7 +359,13 @@ class EncoderRun:
         for pos, j in enumerate(kept):
             if j in plan or j in twins:
                 model.model.encoder.layers[pos].load_state_dict(self.layer_module(j, j in twins, plan).state_dict())
+        recovery = None
+        if recover_epochs > 0:
+            encoder = model.model.encoder
+            recovery = self.recover(list(encoder.layers), encoder.layer_norm, recover_epochs, folder.name)
+            spec.notes["encoder_recipe"]["recovery"] = {"epochs": recover_epochs, "lr": self.o.recover_lr}
         save_compressed(model, spec, folder)
+        (self.work / "recover" / f"{folder.name}.ckpt").unlink(missing_ok=True)
         layers = sum(count_parameters(l) for l in model.model.encoder.layers)
         base_layers = sum(count_parameters(l) for l in self.base.model.encoder.layers)
         kept_dense = sum(count_parameters(self.base.model.encoder.layers[j]) for j in kept)
@@ -345,7 +374,8 @@ class EncoderRun:
                    "encoder_layer_params": layers,
                    "compression_of_kept_layers": round(1 - layers / kept_dense, 4),
                    "encoder_layer_reduction": round(1 - layers / base_layers, 4),
-                   "pruned": pruned, "twins": twins, "target": target, "spec": spec.to_dict()}
+                   "pruned": pruned, "twins": twins, "target": target, "spec": spec.to_dict(),
+                   "recovery": recovery}
         self.save_report(results=self.report.get("results", {}) | {folder.name: summary})
         return folder
 

@@ -1,4 +1,5 @@
-"""Real speech sets by name: ``librivox`` and ``fillets-<lang>[:split]`` (e.g. ``fillets-cs:test``)."""
+"""Speech sets by name: ``librivox`` and ``fillets-<lang>[:split]`` (e.g. ``fillets-cs:test``), real
+speech; ``tts-en[:split]``, synthetic English for distillation only."""
 from __future__ import annotations
 
 from mlx_bald.data.clips import Clip
@@ -17,7 +18,12 @@ def load_set(spec: str) -> list[Clip]:
         from mlx_bald.data.fillets import load_fillets
 
         return load_fillets(name.removeprefix("fillets-"), split or None)
-    raise MlxBaldError(f"unknown set {spec!r}: use 'librivox' or 'fillets-<lang>[:train|dev|test]'")
+    if name.startswith("tts-"):  # synthetic speech: training audio only, never a WER set
+        from mlx_bald.data.tts import load_tts
+
+        return load_tts(name.removeprefix("tts-"), split or None)
+    raise MlxBaldError(f"unknown set {spec!r}: use 'librivox', 'fillets-<lang>[:train|dev|test]' "
+                       "or 'tts-en[:split]' (synthetic, for training)")
 
 
 __all__ = ["Clip", "load_set"]

@@ -39,6 +39,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--recover", default="c50-p0,c0-p2",
                    help="cells that also get end-to-end recovery (extra rows; '' for none)")
+    p.add_argument("--mix-recover", default="c50-p0",
+                   help="cells that also get a recovery on Czech + --recover-audio windows (extra rows)")
+    p.add_argument("--recover-audio", default="fillets-nl:train,tts-en:train",
+                   help="unlabelled sets added to the mixed recovery (tts-en: synthetic English)")
     p.add_argument("--recover-epochs", type=int, default=2)
     p.add_argument("--recover-lr", type=float, default=1e-4)
     p.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -72,9 +76,11 @@ def main(argv: list[str] | None = None) -> int:
     levels = [float(x) for x in a.levels.split(",")]
     prunes = [int(x) for x in a.prune.split(",")]
     recover = {c for c in a.recover.split(",") if c}
+    mixed = {c for c in a.mix_recover.split(",") if c} if a.recover_audio else set()
     run = EncoderRun(EncoderOptions(out=a.out, train_clips=a.train_clips, heldout_clips=a.heldout_clips,
                                     epochs=a.epochs, bridge_epochs=a.bridge_epochs, lr=a.lr,
-                                    recover_lr=a.recover_lr))
+                                    recover_lr=a.recover_lr,
+                                    recover_audio=tuple(x for x in a.recover_audio.split(",") if x)))
     t_states = time.time()
     run.train_twins()
     t_twins = time.time()
@@ -91,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
                               "encoder_layer_params": base_enc_layers, "compression_of_kept_layers": 0.0,
                               "encoder_layer_reduction": 0.0})
                 continue
-            variants = [(name, 0)] + ([(f"{name}-r{a.recover_epochs}", a.recover_epochs)]
-                                      if name in recover and a.recover_epochs > 0 else [])
-            for cell, epochs in variants:
-                folder = run.build(p, level, a.out / "cells" / cell, recover_epochs=epochs)
+            r = a.recover_epochs
+            variants = [(name, 0, False)] + ([(f"{name}-r{r}", r, False)] if name in recover and r > 0 else []) \
+                + ([(f"{name}-r{r}-mix", r, True)] if name in mixed and r > 0 else [])
+            for cell, epochs, mix in variants:
+                folder = run.build(p, level, a.out / "cells" / cell, recover_epochs=epochs, mixed=mix)
                 s = run.report["results"][cell]
                 cells.append({"cell": cell, "model": str(folder), "level": level, "prune": p,
                               "recovery": s.get("recovery"),
@@ -138,7 +145,9 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         f"- Recovery rows (`+rec`): the built encoder fine-tuned end to end ({a.recover_epochs} epochs, peak lr "
         f"{a.recover_lr}, linear decay) from the cached input of the first layer to base's encoder output after "
         "the final LayerNorm, on the same Czech windows; `out err` = relative error of the encoder output on the "
-        "held-out clips' speech frames before -> after.",
+        "held-out clips' speech frames before -> after. `+rec +mix`: the same recovery on the Czech windows plus "
+        f"windows of {a.recover_audio.replace(',', ', ')} (400 clips each; tts-en is synthetic English speech, "
+        "training only).",
         f"- WER: PyTorch engine, greedy; LibriVox = all 5 English clips (Whisper English normaliser); "
         f"Czech = first {a.cs_clips} clips of fillets-cs:test (basic normaliser). Base row = stock whisper-base.",
         "- Paper (AdaPTwin, Whisper base, encoder 50%, r_a=32, l_a=8, r_f=162, l_f=18): LJSpeech WER 2.99 -> 4.18.",
@@ -150,7 +159,8 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         lw, cw = c["librivox"]["wer"], c["fillets-cs:test"]["wer"]
         dl, dc = lw - base["librivox"]["wer"], cw - base["fillets-cs:test"]["wer"]
         rec = c.get("recovery")
-        tag = (f" +rec (out err {rec['heldout_speech_output_error_before']:.3f} -> "
+        mix = " +mix" if rec and len(rec.get("audio", [])) > 1 else ""
+        tag = (f" +rec{mix} (out err {rec['heldout_speech_output_error_before']:.3f} -> "
                f"{rec['heldout_speech_output_error']:.3f})") if rec else ""
         lines.append(
             f"| {c['level']:.0%} ({c['compression_of_kept_layers']:.1%}){tag} | {c['prune']} | {c['twins'] or '-'} "

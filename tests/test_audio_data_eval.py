@@ -72,3 +72,17 @@ def test_real_sets_load():
     assert len(test) > 100 and len(train) > 1000
     assert not {c.group for c in test} & {c.group for c in train}
     assert all(c.language == "cs" and c.text and c.translation for c in test)
+
+
+def test_fillets_skips_audio_files_without_samples(tmp_path):
+    """fillets-ng-data-nl ships OGG files with 0 frames; loading one would stop a training run."""
+    import numpy as np
+    import soundfile as sf
+
+    from mlx_bald.data.fillets import _has_samples
+
+    good, empty = tmp_path / "good.ogg", tmp_path / "empty.ogg"
+    sf.write(str(good), np.zeros(1600, dtype=np.float32), 16000, format="OGG")
+    sf.write(str(empty), np.zeros(0, dtype=np.float32), 16000, format="OGG")
+    (tmp_path / "junk.ogg").write_bytes(b"not audio")
+    assert _has_samples(good) and not _has_samples(empty) and not _has_samples(tmp_path / "junk.ogg")

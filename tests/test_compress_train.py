@@ -179,3 +179,36 @@ def test_batches_from_several_caches(tmp_path):
     assert batch["encoder_hidden_states"].shape[0] == 6
     with pytest.raises(FileNotFoundError):  # one folder for all: the other set's clips are missing
         list(batches_from_cache(clips, tmp_path / "cs", batch_size=6)(0))
+
+
+def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
+    import json
+    import os
+    from types import SimpleNamespace
+
+    import mlx_bald.compress.model as cmodel
+    import mlx_bald.compress.recipe_bald as rb
+    import mlx_bald.data as data
+
+    work, final = tmp_path / "work", tmp_path / "student"
+    for folder in (work / "teacher", work / "merged", final):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors").write_bytes(b"x")
+    scored = []
+    monkeypatch.setattr(data, "load_set", lambda spec: [spec])
+    monkeypatch.setattr(rb, "ensure_encoder_cache", lambda *a: tmp_path)
+    monkeypatch.setattr(cmodel, "load_compressed", lambda folder: (str(folder), None))
+    monkeypatch.setattr(rb, "count_parameters", lambda m: 1)
+    monkeypatch.setattr(rb, "dev_wer", lambda m, clips, cache: scored.append(str(m)) or 10.0)
+
+    report = {}
+    run = SimpleNamespace(o=rb.BaldOptions(out=tmp_path), base="base", work=work, report=report,
+                          save_report=lambda **kw: report.update(json.loads(json.dumps(kw))))
+    rb._final_table(run, "teacher", final)
+    assert len(scored) == 8 and [r["model"] for r in report["table"]][-1] == "merged+lowrank-embedding"
+    report.pop("table")
+    scored.clear()
+    (final / "model.safetensors").write_bytes(b"retrained")  # only the last stage changed
+    os.utime(final / "model.safetensors", ns=(10**9, 10**9))  # a new stamp even on coarse clocks
+    rb._final_table(run, "teacher", final)
+    assert scored == [str(final)] * 2 and len(report["table"]) == 4

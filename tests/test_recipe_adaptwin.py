@@ -256,7 +256,7 @@ def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
     assert rec["epochs"] == 6 and rec["steps"] == 6 * 4
     assert rec["heldout_speech_output_error"] < rec["heldout_speech_output_error_before"], rec
     model, spec = load_compressed(folder)
-    assert spec.notes["encoder_recipe"]["recovery"] == {"epochs": 6, "lr": 3e-3}
+    assert spec.notes["encoder_recipe"]["recovery"] == {"epochs": 6, "lr": 3e-3, "audio": ["fillets-cs:train"]}
     assert len(model.model.encoder.layers) == 3 and summary["twins"]
     assert base.model.encoder.layer_norm.weight.grad is None  # the final norm stays frozen
     # the saved checkpoint (LoRA baked) is the recovered encoder, not the layer-wise one
@@ -264,3 +264,29 @@ def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
     saved = relative_output_error(stack, run.states, run.heldout_ids, 0, 4, frames=run.heldout_frames)
     assert saved == pytest.approx(rec["heldout_speech_output_error"], rel=1e-3)
     assert not (run.work / "recover" / "rec.ckpt").exists()
+
+
+def test_mixed_recovery_adds_the_other_sets_windows(tmp_path, monkeypatch):
+    import mlx_bald.data as data
+
+    def fake_set(name):  # 6 one-second clips per set; fillets languages share line ids
+        return [SimpleNamespace(id=f"lvl/line-{i}", audio=torch.zeros(16000).numpy()) for i in range(6)]
+
+    monkeypatch.setattr(data, "load_set", fake_set)
+    base = tiny_model(encoder_layers=2)
+    kw = tiny_run(tmp_path, base, epochs=1, recover_epochs=1, recover_audio=("fillets-nl:train", "tts-en:train"),
+                  recover_clips=4)
+    for c in kw["train"]:
+        c.audio = torch.zeros(16000).numpy()
+    o = kw.pop("o")
+    run = EncoderRun(dataclasses.replace(o, pack_seconds=(1.5, 2.5)), progress=False, **kw)
+    n_train, n_extra = len(run.train_ids), len(run.extra_ids)
+    assert 4 <= n_extra <= 8 and len(set(run.extra_ids)) == n_extra  # 2 sets x 4 clips, 1-2 per window
+    assert {i.split("/")[0] for i in run.extra_ids} == {"fillets-nl:train", "tts-en:train"}
+    assert all(run.states.has(i) for i in run.extra_ids)
+    run.train_twins()
+    run.build(0, 0.5, tmp_path / "only-cs", mixed=False)
+    run.build(0, 0.5, tmp_path / "mixed")
+    rec = {k: run.report["results"][k]["recovery"] for k in ("only-cs", "mixed")}
+    assert rec["only-cs"]["windows"] == n_train and rec["mixed"]["windows"] == n_train + n_extra
+    assert rec["mixed"]["audio"] == ["fillets-cs:train", "fillets-nl:train", "tts-en:train"]

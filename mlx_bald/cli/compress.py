@@ -108,6 +108,9 @@ def register(sub) -> argparse.ArgumentParser:
     enc.add_argument("--recover-epochs", type=int, default=2,
                      help="epochs of end-to-end recovery of the built encoder (h0 -> encoder output); 0: layer-wise only")
     enc.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
+    enc.add_argument("--recover-audio", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
+                     help="more unlabelled sets for the recovery only, comma-separated "
+                          "(e.g. fillets-nl:train,tts-en:train; tts-en is synthetic English)")
     return p
 
 
@@ -123,6 +126,7 @@ def _encoder(args, out: Path):
                           heldout_clips=args.heldout_clips,
                           epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
                           lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
+                          recover_audio=args.recover_audio,
                           seed=args.seed)
     return run_encoder(opts, out / "student")
 

@@ -69,6 +69,10 @@ class EncoderOptions:
     lr: float = 3e-4
     recover_epochs: int = 0  # end-to-end recovery of the built encoder (0: layer-wise only)
     recover_lr: float = 1e-4
+    # more unlabelled audio for the recovery only (e.g. fillets-nl:train, tts-en:train), packed
+    # like the train clips; ``recover_clips`` clips per set
+    recover_audio: tuple[str, ...] = ()
+    recover_clips: int | None = 400
     seed: int = 0
 
 
@@ -150,12 +154,14 @@ class EncoderRun:
             train = pack_windows(train, o.seed, tuple(o.pack_seconds))
         featurize = featurize or (lambda c: features(c, cfg.num_mel_bins))
         self.train_ids, self.heldout_ids = [c.id for c in train], [c.id for c in heldout]
+        extra = self._recover_windows()
+        self.extra_ids = [w.id for w in extra]
         # speech frames of each held-out clip (encoder frames are 20 ms); unknown without audio
         self.heldout_frames = ({c.id: min(cfg.max_source_positions, math.ceil(len(c.audio) / 320)) for c in heldout}
                                if all(hasattr(c, "audio") for c in heldout) else None)
         states_dir = states_dir or cache_dir() / "hidden-states" / re.sub(r"[^A-Za-z0-9._-]", "_", o.model)
         self.states = HiddenStates(states_dir)
-        todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) if not self.states.has(c.id))
+        todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) + extra if not self.states.has(c.id))
         t0 = time.time()
         if self.states.build(self.base, todo, progress=progress):
             self.report["hidden_states_seconds"] = round(self.report.get("hidden_states_seconds", 0) + time.time() - t0, 1)
@@ -177,6 +183,21 @@ class EncoderRun:
         tmp = self.report_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.report, indent=2))
         tmp.replace(self.report_path)
+
+    def _recover_windows(self) -> list:
+        """Windows of the ``recover_audio`` sets, ids prefixed by the set name (fillets
+        languages share line ids)."""
+        from mlx_bald.compress.layer_cache import Window
+        from mlx_bald.data import load_set
+
+        o, out = self.o, []
+        for name in o.recover_audio:
+            clips = subset(load_set(name), o.recover_clips, o.seed)
+            if o.pack_seconds:
+                out += [Window(f"{name}/{w.id}", w.clips) for w in pack_windows(clips, o.seed, tuple(o.pack_seconds))]
+            else:
+                out += [Window(f"{name}/{c.id}", [c]) for c in clips]
+        return out
 
     def layer_cfg(self, epochs: int) -> LayerTrainConfig:
         o = self.o
@@ -319,25 +340,35 @@ class EncoderRun:
         return select_layers(errors, savings, sum(dense.values()), target)
 
     # ---- result ---------------------------------------------------------------------------
-    def recover(self, layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str) -> dict:
-        """End-to-end recovery of ``layers`` (trained in place) from h0 to the encoder output."""
+    def recover(self, layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
+                mixed: bool = False) -> dict:
+        """End-to-end recovery of ``layers`` (trained in place) from h0 to the encoder output,
+        on the train windows (+ the ``recover_audio`` windows when ``mixed``)."""
+        ids = self.train_ids + (self.extra_ids if mixed else [])
         stack, t0 = LayerStack(layers, final), time.time()
         before = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
         _log(f"{name}: recovery, {epochs} epochs end to end; held-out output error {before:.4f} (speech frames)")
         cfg = LayerTrainConfig(lr=self.o.recover_lr, epochs=epochs, batch_size=self.o.batch_size, seed=self.o.seed)
         ckpt = self.work / "recover" / f"{name}.ckpt"
-        s = train_layer(stack, self.states, self.train_ids, 0, self.n, cfg, ckpt, desc=f"recover {name}",
+        s = train_layer(stack, self.states, ids, 0, self.n, cfg, ckpt, desc=f"recover {name}",
                         progress=self.progress)
         after = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
         _log(f"{name}: held-out output error {before:.4f} -> {after:.4f}")
+        audio = [f"fillets-{self.o.lang}:train"] + (list(self.o.recover_audio) if mixed else [])
         return s | {"epochs": epochs, "lr": self.o.recover_lr, "seconds": round(time.time() - t0, 1),
+                    "audio": audio, "windows": len(ids),
                     "heldout_speech_output_error_before": before, "heldout_speech_output_error": after}
 
-    def build(self, n_prune: int, target: float, folder: str | Path, recover_epochs: int | None = None) -> Path:
+    def build(self, n_prune: int, target: float, folder: str | Path, recover_epochs: int | None = None,
+              mixed: bool | None = None) -> Path:
         """Compressed checkpoint: ``n_prune`` layers dropped, twins kept for ``target``, then
-        ``recover_epochs`` (default: the options') of end-to-end recovery."""
+        ``recover_epochs`` (default: the options') of end-to-end recovery, on the
+        ``recover_audio`` windows too when ``mixed`` (default: when there are any)."""
         folder = Path(folder)
         recover_epochs = self.o.recover_epochs if recover_epochs is None else recover_epochs
+        mixed = bool(self.extra_ids) if mixed is None else mixed
+        if mixed and not self.extra_ids:
+            raise ValueError("mixed recovery needs recover_audio")
         if (folder / "model.safetensors").is_file() and folder.name in self.report.get("results", {}):
             return folder
         pruned = self.pruned(n_prune)
@@ -362,8 +393,9 @@ class EncoderRun:
         recovery = None
         if recover_epochs > 0:
             encoder = model.model.encoder
-            recovery = self.recover(list(encoder.layers), encoder.layer_norm, recover_epochs, folder.name)
-            spec.notes["encoder_recipe"]["recovery"] = {"epochs": recover_epochs, "lr": self.o.recover_lr}
+            recovery = self.recover(list(encoder.layers), encoder.layer_norm, recover_epochs, folder.name, mixed)
+            spec.notes["encoder_recipe"]["recovery"] = {"epochs": recover_epochs, "lr": self.o.recover_lr,
+                                                        "audio": recovery["audio"]}
         save_compressed(model, spec, folder)
         (self.work / "recover" / f"{folder.name}.ckpt").unlink(missing_ok=True)
         layers = sum(count_parameters(l) for l in model.model.encoder.layers)

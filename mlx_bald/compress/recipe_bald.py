@@ -254,11 +254,22 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
         models["teacher"] = teacher
     models["merged"] = load_compressed(run.work / "merged")[0]
     models["merged+lowrank-embedding"] = load_compressed(final)[0]
+    # a rerun after a continued stage re-scores only the checkpoints that changed
+    files = {"whisper-base": None, "teacher": run.work / "teacher", "merged": run.work / "merged",
+             "merged+lowrank-embedding": final}
+    scored = run.report.get("table_rows", {})
     rows = []
     for name, m in models.items():
-        row = {"model": name, "params": count_parameters(m)}
-        for k in sets:
-            row[f"wer_{k}"] = round(dev_wer(m, clips[k], caches[k]), 2)
+        folder = files[name]
+        stamp = o.model if folder is None else (folder / "model.safetensors").stat().st_mtime_ns
+        if scored.get(name, {}).get("stamp") == stamp and scored[name].get("sets") == sets:
+            row = scored[name]["row"]
+        else:
+            row = {"model": name, "params": count_parameters(m)}
+            for k in sets:
+                row[f"wer_{k}"] = round(dev_wer(m, clips[k], caches[k]), 2)
+            scored[name] = {"stamp": stamp, "sets": sets, "row": row}
+            run.save_report(table_rows=scored)
         rows.append(row)
         _log(f"table: {row}")
     run.save_report(table=rows, table_sets={k: f"{v} ({len(clips[k])} clips)" for k, v in sets.items()},

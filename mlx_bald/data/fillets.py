@@ -53,6 +53,16 @@ def fillets_dir(lang: str) -> Path:
     return out
 
 
+def _has_samples(path: Path) -> bool:
+    """Header check (no decoding): the Dutch pack holds a few OGG files with 0 frames."""
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames > 0
+    except RuntimeError:
+        return False
+
+
 def load_fillets(lang: str, split: str | None = None) -> list[Clip]:
     """All clips with both audio and a ``lang`` transcript, optionally one split, sorted by id."""
     if split is not None and split not in SPLITS:
@@ -66,7 +76,7 @@ def load_fillets(lang: str, split: str | None = None) -> list[Clip]:
         text = script.read_text(encoding="utf-8", errors="replace")
         for clip_id, english, local in _PAIR.findall(text):
             audio = root / "sound" / level / lang / f"{clip_id}.ogg"
-            if audio.exists() and _unescape(local):
+            if audio.exists() and _unescape(local) and _has_samples(audio):
                 clips.append(Clip(id=f"{level}/{clip_id}", path=audio, text=_unescape(local),
                                   language=lang, group=level, translation=_unescape(english)))
     return sorted(clips, key=lambda c: c.id)

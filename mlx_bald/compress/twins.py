@@ -105,8 +105,11 @@ class LowRankWhisperAttention(WhisperAttention):
 
     def forward(self, hidden_states: torch.Tensor, key_value_states: torch.Tensor | None = None,
                 past_key_values: Any = None, attention_mask: torch.Tensor | None = None,
-                output_attentions: bool = False, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+                output_attentions: bool = False, cache: Any = None,
+                **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
         # Same cache protocol as transformers' WhisperAttention.forward; only the head dims differ.
+        # transformers 5.24 renamed the argument past_key_values -> cache: accept both.
+        past_key_values = cache if past_key_values is None else past_key_values
         is_cross = key_value_states is not None
         input_shape = hidden_states.shape[:-1]
         query = self._heads(hidden_states, self.q_proj, self.q_lora)

@@ -269,8 +269,11 @@ def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
 def test_mixed_recovery_adds_the_other_sets_windows(tmp_path, monkeypatch):
     import mlx_bald.data as data
 
+    from mlx_bald.data.clips import Clip
+
     def fake_set(name):  # 6 one-second clips per set; fillets languages share line ids
-        return [SimpleNamespace(id=f"lvl/line-{i}", audio=torch.zeros(16000).numpy()) for i in range(6)]
+        return [Clip(id=f"lvl/line-{i}", path=tmp_path / "none.ogg", text="", language="xx",
+                     _audio=torch.zeros(16000).numpy()) for i in range(6)]
 
     monkeypatch.setattr(data, "load_set", fake_set)
     base = tiny_model(encoder_layers=2)

@@ -23,6 +23,11 @@ def _groups(text: str) -> list[list[int]]:
         raise argparse.ArgumentTypeError(f"groups look like 0-1,2-3,4-5 (got {text!r})") from e
 
 
+def _set_names(text: str) -> list[str]:
+    """Comma-separated set names ('' for none)."""
+    return [x for x in text.split(",") if x]
+
+
 def _span(text: str) -> tuple[float, float] | None:
     if text.lower() == "none":
         return None
@@ -79,7 +84,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--teacher-lr", type=float, default=1e-5, help="learning rate of the teacher fine-tune")
     p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=int, default=48, help="dev clips for the search and stage checks")
-    p.add_argument("--extra-audio", type=lambda s: [x for x in s.split(",") if x],
+    p.add_argument("--extra-audio", type=_set_names,
                    default=["fillets-nl:train", "tts-en:train"],
                    help="--general: more unlabelled audio sets, comma-separated ('' for none); "
                         "tts-en is synthetic English (espeak-ng), so the student keeps base's English")
@@ -108,7 +113,7 @@ def register(sub) -> argparse.ArgumentParser:
     enc.add_argument("--recover-epochs", type=int, default=2,
                      help="epochs of end-to-end recovery of the built encoder (h0 -> encoder output); 0: layer-wise only")
     enc.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
-    enc.add_argument("--recover-audio", type=lambda s: tuple(x for x in s.split(",") if x), default=(),
+    enc.add_argument("--recover-audio", type=_set_names, default=[],
                      help="more unlabelled sets for the recovery only, comma-separated "
                           "(e.g. fillets-nl:train,tts-en:train; tts-en is synthetic English)")
     return p
@@ -126,7 +131,7 @@ def _encoder(args, out: Path):
                           heldout_clips=args.heldout_clips,
                           epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
                           lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
-                          recover_audio=args.recover_audio,
+                          recover_audio=tuple(args.recover_audio),
                           seed=args.seed)
     return run_encoder(opts, out / "student")
 

@@ -123,3 +123,13 @@ def subset(clips: list[Clip], n: int | None, seed: int = 0) -> list[Clip]:
     shuffled = list(clips)
     random.Random(seed).shuffle(shuffled)
     return shuffled[:n]
+
+
+def set_subset(name: str, n: int | None, seed: int = 0) -> list[Clip]:
+    """``subset`` of the set ``name`` with each clip id prefixed by the set name, so clips of
+    several sets can share one id space (fillets languages share level/line ids)."""
+    from dataclasses import replace
+
+    from mlx_bald.data import load_set
+
+    return [replace(c, id=f"{name}/{c.id}") for c in subset(load_set(name), n, seed)]

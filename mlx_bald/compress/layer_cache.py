@@ -18,7 +18,7 @@ import math
 import os
 import random
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -169,10 +169,13 @@ class LayerStack(nn.Module):
 
 def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
                 cfg: LayerTrainConfig, ckpt: str | os.PathLike | None = None, desc: str = "layer",
-                progress: bool = True) -> dict[str, float]:
+                progress: bool = True, params: Sequence[nn.Parameter] | None = None,
+                target: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
     """Train ``layer`` (all its parameters, spectral and LoRA alike) so that
     layer(h_src) ~ h_dst in MSE over clips ``ids``. ``dst = src + 1`` is AdaPTwin's layer-wise
-    fine-tuning; ``dst > src + 1`` trains a bridge across removed layers. With ``ckpt`` the
+    fine-tuning; ``dst > src + 1`` trains a bridge across removed layers. ``params`` (default
+    all) are the ones trained; ``target`` maps the cached h_dst to the layer's output space
+    (recovery: a whole ``LayerStack`` ending in its frozen final norm). With ``ckpt`` the
     state is saved every ``cfg.checkpoint_every`` steps and a rerun resumes from it.
     Returns {"loss_first_epoch", "loss_last_epoch", "steps"} (mean MSE per epoch)."""
     from tqdm.auto import tqdm
@@ -180,8 +183,8 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
     if not ids:
         raise ValueError("no clips to train on")
     total = cfg.epochs * math.ceil(len(ids) / cfg.batch_size)
-    params = layer.trainable_parameters() if isinstance(layer, LayerStack) else list(layer.parameters())
-    target = layer.target if isinstance(layer, LayerStack) else (lambda y: y)
+    params = list(layer.parameters()) if params is None else list(params)
+    target = target or (lambda y: y)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)

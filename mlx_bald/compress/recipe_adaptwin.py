@@ -41,7 +41,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlx_bald.compress.data import features, subset
+from mlx_bald.compress.data import features, set_subset, subset
 from mlx_bald.compress.layer_cache import (HiddenStates, LayerStack, LayerTrainConfig, pack_windows,
                                            relative_layer_error, relative_output_error, speech_mask, train_layer)
 from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
@@ -185,14 +185,12 @@ class EncoderRun:
         tmp.replace(self.report_path)
 
     def _recover_windows(self) -> list:
-        """Windows of the ``recover_audio`` sets, ids prefixed by the set name (fillets
-        languages share line ids)."""
+        """Windows of the ``recover_audio`` sets, ids prefixed by the set name."""
         from mlx_bald.compress.layer_cache import Window
-        from mlx_bald.data import load_set
 
         o, out = self.o, []
         for name in o.recover_audio:
-            clips = subset(load_set(name), o.recover_clips, o.seed)
+            clips = set_subset(name, o.recover_clips, o.seed)
             if o.pack_seconds:
                 out += [Window(f"{name}/{w.id}", w.clips) for w in pack_windows(clips, o.seed, tuple(o.pack_seconds))]
             else:
@@ -351,7 +349,7 @@ class EncoderRun:
         cfg = LayerTrainConfig(lr=self.o.recover_lr, epochs=epochs, batch_size=self.o.batch_size, seed=self.o.seed)
         ckpt = self.work / "recover" / f"{name}.ckpt"
         s = train_layer(stack, self.states, ids, 0, self.n, cfg, ckpt, desc=f"recover {name}",
-                        progress=self.progress)
+                        progress=self.progress, params=stack.trainable_parameters(), target=stack.target)
         after = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
         _log(f"{name}: held-out output error {before:.4f} -> {after:.4f}")
         audio = [f"fillets-{self.o.lang}:train"] + (list(self.o.recover_audio) if mixed else [])

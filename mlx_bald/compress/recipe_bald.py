@@ -19,12 +19,13 @@ import json
 import resource
 import sys
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from mlx_bald.compress.data import (batches_from_cache, encoder_cache_dir, ensure_encoder_cache, subset)
+from mlx_bald.compress.data import (batches_from_cache, encoder_cache_dir, ensure_encoder_cache, set_subset,
+                                    subset)
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.embedding import factorize_embedding
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_transcribe
@@ -91,8 +92,7 @@ class _Run:
         self.audio_sets = {sets["train"]: len(self.train)}
         if o.general:
             for name in o.extra_audio:
-                # ids are made unique across sets (fillets-cs and -nl share level/line ids)
-                extra = [replace(c, id=f"{name}/{c.id}") for c in subset(load_set(name), o.extra_clips, o.seed)]
+                extra = set_subset(name, o.extra_clips, o.seed)
                 folder = ensure_encoder_cache(self.base, o.model, name, extra)
                 self.train += extra
                 self.audio_sets[name] = len(extra)
@@ -136,9 +136,11 @@ def _pseudo_labels(run: _Run) -> dict[str, str]:
 
     path = run.work / "pseudo_labels.json"
     labels: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    todo = sorted((c for c in run.train if c.id not in labels), key=lambda c: c.language)
-    chunks = [todo[i:i + 8] for i in range(0, len(todo), 8)]
-    chunks = [[c for c in ch if c.language == lang] for ch in chunks for lang in dict.fromkeys(c.language for c in ch)]
+    by_language: dict[str, list] = {}  # one language per batch: it is the decoding prompt
+    for c in run.train:
+        if c.id not in labels:
+            by_language.setdefault(c.language, []).append(c)
+    chunks = [group[i:i + 8] for group in by_language.values() for i in range(0, len(group), 8)]
     for chunk in tqdm(chunks, desc="pseudo-labels", file=sys.stderr, disable=not chunks):
         states = torch.stack([load_cached_encoder_output(run.cache_of[c.id], c.id) for c in chunk])
         for c, text in zip(chunk, greedy_transcribe(run.base, states, chunk[0].language)):
@@ -185,10 +187,10 @@ def _search(run: _Run, teacher, texts) -> list[float]:
     for alpha in o.search_grid:
         if alpha in tried:
             continue
-        student = apply_spec(copy.deepcopy(teacher), _merge_spec(o, [alpha] * len(o.groups)))
+        trial = _merge_spec(o, [alpha] * len(o.groups))
+        student = apply_spec(copy.deepcopy(teacher), trial)
         untrained = run.dev_ce(student)
-        train_decoder(student, teacher, run.batches(texts, seed_offset=1),
-                      run.student_cfg(o.search_steps, _merge_spec(o, [alpha] * len(o.groups))), None)
+        train_decoder(student, teacher, run.batches(texts, seed_offset=1), run.student_cfg(o.search_steps, trial), None)
         trials.append({"alpha": alpha, "beta": round(1 - alpha, 4), "dev_ce_untrained": untrained,
                        "dev_ce": run.dev_ce(student), "steps": o.search_steps})
         _log(f"search: alpha={alpha} -> dev CE {trials[-1]['dev_ce']} (untrained {untrained})")
@@ -249,22 +251,21 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     sets = {"test": f"fillets-{o.lang}:test", "librivox": "librivox"}
     clips = {k: load_set(v) for k, v in sets.items()}
     caches = {k: ensure_encoder_cache(run.base, o.model, sets[k], clips[k]) for k in sets}
-    models = {"whisper-base": run.base}
+    # {row: (checkpoint folder, None for base; model)}: a rerun after a continued stage loads
+    # and re-scores only the checkpoints that changed
+    stages = {"whisper-base": (None, lambda: run.base)}
     if not o.general:
-        models["teacher"] = teacher
-    models["merged"] = load_compressed(run.work / "merged")[0]
-    models["merged+lowrank-embedding"] = load_compressed(final)[0]
-    # a rerun after a continued stage re-scores only the checkpoints that changed
-    files = {"whisper-base": None, "teacher": run.work / "teacher", "merged": run.work / "merged",
-             "merged+lowrank-embedding": final}
+        stages["teacher"] = (run.work / "teacher", lambda: teacher)
+    stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0])
+    stages["merged+lowrank-embedding"] = (final, lambda: load_compressed(final)[0])
     scored = run.report.get("table_rows", {})
     rows = []
-    for name, m in models.items():
-        folder = files[name]
+    for name, (folder, load) in stages.items():
         stamp = o.model if folder is None else (folder / "model.safetensors").stat().st_mtime_ns
         if scored.get(name, {}).get("stamp") == stamp and scored[name].get("sets") == sets:
             row = scored[name]["row"]
         else:
+            m = load()
             row = {"model": name, "params": count_parameters(m)}
             for k in sets:
                 row[f"wer_{k}"] = round(dev_wer(m, clips[k], caches[k]), 2)

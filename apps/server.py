@@ -18,7 +18,6 @@ import time
 import traceback
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any

@@ -27,14 +27,19 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", type=Path, default=cache_dir() / "runs" / "encoder-table", help="work folder")
+    p.add_argument("--out", type=Path, default=cache_dir() / "runs" / "encoder-table-v2", help="work folder")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default="encoder_table", help="results file stem (.md and .json)")
     p.add_argument("--levels", default="0,0.25,0.5", help="AdaPTwin targets (fraction of kept layer params)")
     p.add_argument("--prune", default="0,1,2", help="encoder layers pruned")
     p.add_argument("--cs-clips", type=int, default=60, help="first N clips of fillets-cs:test")
     p.add_argument("--train-clips", type=int, default=960, help="unlabelled Czech train clips, packed into windows")
     p.add_argument("--heldout-clips", type=int, default=12)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=3, help="layer-wise epochs per twin")
+    p.add_argument("--init", choices=("whiten", "asvd"), default="whiten", help="twin SVD initialisation")
+    p.add_argument("--train-audio", default="fillets-nl:train,tts-en:train",
+                   help="unlabelled sets added to the Czech windows for every stage, e.g. fillets-nl:train,tts-en:train")
+    p.add_argument("--audio-clips", type=int, default=400, help="clips per --train-audio/--recover-audio set")
     p.add_argument("--bridge-epochs", type=int, default=1)
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--recover", default="c50-p0,c0-p2",
@@ -76,11 +81,13 @@ def main(argv: list[str] | None = None) -> int:
     levels = [float(x) for x in a.levels.split(",")]
     prunes = [int(x) for x in a.prune.split(",")]
     recover = {c for c in a.recover.split(",") if c}
-    mixed = {c for c in a.mix_recover.split(",") if c} if a.recover_audio else set()
     run = EncoderRun(EncoderOptions(out=a.out, train_clips=a.train_clips, heldout_clips=a.heldout_clips,
                                     epochs=a.epochs, bridge_epochs=a.bridge_epochs, lr=a.lr,
-                                    recover_lr=a.recover_lr,
+                                    recover_lr=a.recover_lr, init=a.init, audio_clips=a.audio_clips,
+                                    train_audio=tuple(x for x in a.train_audio.split(",") if x),
                                     recover_audio=tuple(x for x in a.recover_audio.split(",") if x)))
+    # cells with a mixed recovery row: only when --recover-audio adds windows the layers did not see
+    mixed = {c for c in a.mix_recover.split(",") if c} if run.extra_ids else set()
     t_states = time.time()
     run.train_twins()
     t_twins = time.time()
@@ -123,6 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _flags(a: argparse.Namespace) -> list[str]:
+    """The command-line flags that differ from the defaults (for the reproduce line)."""
+    default = vars(_args([]))
+    skip = {"out", "results", "threads"}
+    return [f"--{k.replace('_', '-')} {v if str(v) else repr('')}" for k, v in vars(a).items()
+            if k not in skip and v != default[k]]
+
+
 def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
     base = next(c for c in cells if c["cell"] == "c0-p0")
     twins_s = sum(s.get("seconds", 0) for s in run.report.get("twins", {}).values())
@@ -130,13 +145,14 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
     ranks = run.report["ranks"]
     lines = [
         "# Encoder compression: AdaPTwin x layer pruning (whisper-base)", "",
-        f"Reproduce: `.venv/bin/python -m benchmarks.encoder_table` (work folder `{a.out}`).", "",
+        f"Reproduce: `.venv/bin/python -m benchmarks.encoder_table {' '.join(_flags(a))}` (work folder `{a.out}`).", "",
         f"- AdaPTwin twins: attention head rank r_a + l_a = {ranks['attention']['qk_rank']} "
         f"(LoRA {ranks['attention']['lora_qk']}), FFN rank r_f + l_f = {ranks['ffn']['fc1_rank']} "
-        f"(LoRA {ranks['ffn']['lora']}); every layer fine-tuned once, layer-wise (MSE), on base hidden states of "
-        f"{run.report['data']['train_clips']} unlabelled fillets-cs train clips packed into {len(run.train_ids)} "
-        f"windows of 5-28 s ({a.epochs} epochs, batch 4, peak lr {a.lr}, linear decay); "
-        f"twin training {twins_s / 60:.1f} min in total.",
+        f"(LoRA {ranks['ffn']['lora']}), {a.init} SVD initialisation; every layer fine-tuned once, layer-wise (MSE), "
+        f"on base hidden states of {run.report['data']['train_clips']} unlabelled fillets-cs train clips"
+        + (f" + {a.audio_clips} clips each of {a.train_audio.replace(',', ', ')}" if a.train_audio else "")
+        + f" packed into {len(run.train_ids)} windows of 5-28 s ({a.epochs} epochs, batch 4, peak lr {a.lr}, "
+        f"linear decay); twin training {twins_s / 60:.1f} min in total.",
         "- Level = share of the KEPT encoder layers' parameters removed by twins; 25% keeps the twins with the "
         "lowest measured error (final encoder output change on "
         f"{len(run.heldout_ids)} held-out dev clips), no retraining.",
@@ -144,10 +160,11 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         f"bridge ({a.bridge_epochs} epoch).",
         f"- Recovery rows (`+rec`): the built encoder fine-tuned end to end ({a.recover_epochs} epochs, peak lr "
         f"{a.recover_lr}, linear decay) from the cached input of the first layer to base's encoder output after "
-        "the final LayerNorm, on the same Czech windows; `out err` = relative error of the encoder output on the "
-        "held-out clips' speech frames before -> after. `+rec +mix`: the same recovery on the Czech windows plus "
-        f"windows of {a.recover_audio.replace(',', ', ')} (400 clips each; tts-en is synthetic English speech, "
-        "training only).",
+        "the final LayerNorm, on the same windows; `out err` = relative error of the encoder output on the "
+        "held-out clips' speech frames before -> after."
+        + (f" `+rec +mix`: the same recovery on those windows plus windows of {a.recover_audio.replace(',', ', ')} "
+           f"({a.audio_clips} clips each)." if any(c["cell"].endswith("-mix") for c in cells) else "")
+        + (" tts-en is synthetic English speech (training only)." if "tts-en" in a.train_audio + a.recover_audio else ""),
         f"- WER: PyTorch engine, greedy; LibriVox = all 5 English clips (Whisper English normaliser); "
         f"Czech = first {a.cs_clips} clips of fillets-cs:test (basic normaliser). Base row = stock whisper-base.",
         "- Paper (AdaPTwin, Whisper base, encoder 50%, r_a=32, l_a=8, r_f=162, l_f=18): LJSpeech WER 2.99 -> 4.18.",
@@ -159,7 +176,7 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         lw, cw = c["librivox"]["wer"], c["fillets-cs:test"]["wer"]
         dl, dc = lw - base["librivox"]["wer"], cw - base["fillets-cs:test"]["wer"]
         rec = c.get("recovery")
-        mix = " +mix" if rec and len(rec.get("audio", [])) > 1 else ""
+        mix = " +mix" if rec and rec.get("windows", 0) > len(run.train_ids) else ""
         tag = (f" +rec{mix} (out err {rec['heldout_speech_output_error_before']:.3f} -> "
                f"{rec['heldout_speech_output_error']:.3f})") if rec else ""
         lines.append(
@@ -181,9 +198,9 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
     lines += ["", f"Time spent (all sessions): {json.dumps(spent)}; this session: {json.dumps(timing)}; "
                   f"peak RSS {peak:.2f} GiB; torch threads {a.threads} on a 2-core CPU.", ""]
     a.results.mkdir(parents=True, exist_ok=True)
-    (a.results / "encoder_table.md").write_text("\n".join(lines))
+    (a.results / f"{a.name}.md").write_text("\n".join(lines))
     keep = ("twins", "prune", "bridges", "selection_errors", "ranks", "data", "options")
-    (a.results / "encoder_table.json").write_text(json.dumps(
+    (a.results / f"{a.name}.json").write_text(json.dumps(
         {"cells": cells, "timing_last_session": timing, "time_spent": spent, "peak_rss_gib": round(peak, 2),
          "recipe": {k: run.report.get(k) for k in keep}}, indent=1))
     print("\n".join(lines))

@@ -55,6 +55,8 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
 
     if set_spec.startswith("tts-"):
         raise MlxBaldError(f"{set_spec!r} is synthetic speech, for training only: WER is reported on real speech")
+    if set_spec.startswith("folder-"):
+        raise MlxBaldError(f"{set_spec!r} is unlabelled audio, for training only: it has no references for a WER")
     clips = load_set(set_spec)[: limit or None]
     if not clips:
         raise MlxBaldError(f"set {set_spec!r} has no clips")

@@ -3,7 +3,6 @@ what the folders hold, and ``mlx-bald bench --quick`` writes a well-formed JSON,
 table and PNG plot. No timing assertions."""
 import json
 import struct
-from pathlib import Path
 
 import numpy as np
 import pytest

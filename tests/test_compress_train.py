@@ -212,3 +212,22 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
     os.utime(final / "model.safetensors", ns=(10**9, 10**9))  # a new stamp even on coarse clocks
     rb._final_table(run, "teacher", final)
     assert scored == [str(final)] * 2 and len(report["table"]) == 4
+
+
+def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):
+    """--groups 4-5 merges one pair and keeps layers 0-3 (groups of one); 'none' merges nothing."""
+    from mlx_bald.cli.compress import _groups
+    from mlx_bald.compress.recipe_bald import BaldOptions, _merge_spec
+
+    assert _groups("0-1,2-3") == [[0, 1], [2, 3]] and _groups("none") == [] and _groups("") == []
+    spec = _merge_spec(BaldOptions(out=tmp_path, groups=[[2, 3]]), [0.2], n_layers=4)
+    assert [(g.layers, g.weights) for g in spec.decoder_merge] == [([0], [1.0]), ([1], [1.0]), ([2, 3], [0.2, 0.8])]
+    student = apply_spec(tiny_model(), spec)
+    assert len(student.model.decoder.layers) == 3
+    teacher = tiny_model()
+    for kept in (0, 1):  # a group of one is the original layer
+        for (name, p), q in zip(student.model.decoder.layers[kept].named_parameters(),
+                                teacher.model.decoder.layers[kept].parameters()):
+            assert torch.equal(p, q), name
+    none = _merge_spec(BaldOptions(out=tmp_path, groups=[]), [], n_layers=4)
+    assert none.decoder_merge == [] and none.recipe == ["bald"]

@@ -21,6 +21,8 @@ from tests.test_compress_ops import N_MELS, SRC, tiny_model  # noqa: E402
 SPECS = {
     "dense": CompressionSpec(),
     "merged_decoder": CompressionSpec(decoder_merge=[MergeGroup([0, 1], [0.3, 0.7]), MergeGroup([2, 3], [1.0, 2.0])]),
+    "one_pair_merged": CompressionSpec(decoder_merge=[MergeGroup([0], [1.0]), MergeGroup([1], [1.0]),
+                                                      MergeGroup([2, 3], [0.2, 0.8])], embedding_rank=12),
     "factored_embedding": CompressionSpec(embedding_rank=12),
     "lowrank_attention": CompressionSpec(attention={
         "encoder.blocks.0.attn": AttentionRank(8, 12), "decoder.blocks.1.attn": AttentionRank(6, 10),

@@ -97,13 +97,15 @@ def test_only_the_general_student_may_take_the_default_name():
     assert args.name is None
 
 
-@pytest.mark.parametrize("student_wer, expect_suffix", [(2.9, ""), (3.5, "-unvetted"), (None, "-unvetted")])
-def test_general_student_becomes_default_only_if_it_kept_english(tmp_path, student_wer, expect_suffix):
+@pytest.mark.parametrize("student_wer, expect_suffix, final", [
+    (2.9, "", "merged+lowrank-embedding"), (3.5, "-unvetted", "merged+lowrank-embedding"),
+    (None, "-unvetted", "merged+lowrank-embedding"), (2.9, "", "lowrank-embedding"), (3.5, "-unvetted", "lowrank-embedding")])
+def test_general_student_becomes_default_only_if_it_kept_english(tmp_path, student_wer, expect_suffix, final):
     from mlx_bald.cli.compress import _vetted_name
 
-    table = [{"model": "whisper-base", "wer_librivox": 1.41}]
-    if student_wer is not None:
-        table.append({"model": "merged+lowrank-embedding", "wer_librivox": student_wer})
+    table = [{"model": "whisper-base", "wer_librivox": 1.41}, {"model": "merged", "wer_librivox": 1.5}]
+    if student_wer is not None:  # the final student is the last row (merged or not)
+        table.append({"model": final, "wer_librivox": student_wer})
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"table": table}))
     assert _vetted_name(hub.DEFAULT_COMPRESSED, report) == hub.DEFAULT_COMPRESSED + expect_suffix

@@ -10,7 +10,7 @@ from mlx_whisper.whisper import Whisper as MlxWhisper
 
 from mlx_bald.models.quantize import quantize_model
 from mlx_bald.models.whisper import Whisper
-from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup, Quantization
+from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup
 
 from mlx_helpers import (compress_params, max_diff, random_mel, random_model, random_params,
                          set_params, tiny_dims)

@@ -37,7 +37,7 @@ def clips(prefix: str, n: int) -> list:
 
 
 def tiny_run(tmp_path, base, **opts) -> dict:
-    o = EncoderOptions(out=tmp_path / "run", lr=3e-3, batch_size=2, pack_seconds=None, **opts)
+    o = EncoderOptions(out=tmp_path / "run", lr=3e-3, batch_size=2, pack_seconds=None, **({"train_audio": ()} | opts))
     heldout = clips("dev", 4)
     for i, c in enumerate(heldout):  # 3-6 of the 8 encoder frames are "speech", the rest padding
         c.audio = torch.zeros(320 * (3 + i)).numpy()
@@ -91,7 +91,7 @@ def test_variable_compression_picks_layers_by_measured_error(tmp_path):
     with torch.no_grad():  # and Whisper's sinusoidal encoder positions
         pos = base.model.encoder.embed_positions.weight
         pos.copy_(torch.from_numpy(sinusoids(*pos.shape)).float())
-    kw = tiny_run(tmp_path, base, epochs=4)
+    kw = tiny_run(tmp_path, base, epochs=4, init="asvd")  # whitened init already fits this tiny data
     run = EncoderRun(kw.pop("o"), progress=False, **kw)
     stats = run.train_twins()
     for j in range(4):  # layer-wise fine-tuning beats the plain SVD on held-out clips
@@ -232,6 +232,7 @@ def test_cli_prune_plus_adaptwin_on_real_weights(tmp_path):
     out = tmp_path / "run"
     r = run_cli("compress", "--recipe", "adaptwin+prune", "--prune", "1", "--compression", "0.25",
                 "--train-clips", "4", "--heldout-clips", "4", "--layer-epochs", "1", "--recover-epochs", "1",
+                "--train-audio", "",
                 "--out", str(out), env={"OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
     config = json.loads((out / "mlx" / "config.json").read_text())
@@ -278,7 +279,7 @@ def test_mixed_recovery_adds_the_other_sets_windows(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "load_set", fake_set)
     base = tiny_model(encoder_layers=2)
     kw = tiny_run(tmp_path, base, epochs=1, recover_epochs=1, recover_audio=("fillets-nl:train", "tts-en:train"),
-                  recover_clips=4)
+                  audio_clips=4)
     for c in kw["train"]:
         c.audio = torch.zeros(16000).numpy()
     o = kw.pop("o")
@@ -293,3 +294,30 @@ def test_mixed_recovery_adds_the_other_sets_windows(tmp_path, monkeypatch):
     rec = {k: run.report["results"][k]["recovery"] for k in ("only-cs", "mixed")}
     assert rec["only-cs"]["windows"] == n_train and rec["mixed"]["windows"] == n_train + n_extra
     assert rec["mixed"]["audio"] == ["fillets-cs:train", "fillets-nl:train", "tts-en:train"]
+
+
+def test_train_audio_joins_the_layer_wise_windows(tmp_path, monkeypatch):
+    """--train-audio sets are packed into windows that every stage trains on; a recovery set
+    that is already a train set adds nothing twice."""
+    import mlx_bald.data as data
+
+    from mlx_bald.data.clips import Clip
+
+    def fake_set(name):
+        return [Clip(id=f"lvl/line-{i}", path=tmp_path / "none.ogg", text="", language="xx",
+                     _audio=torch.zeros(16000).numpy()) for i in range(6)]
+
+    monkeypatch.setattr(data, "load_set", fake_set)
+    kw = tiny_run(tmp_path, tiny_model(encoder_layers=2), epochs=1, train_audio=("fillets-nl:train",),
+                  recover_audio=("fillets-nl:train", "tts-en:train"), audio_clips=4)
+    for c in kw["train"]:
+        c.audio = torch.zeros(16000).numpy()
+    o = kw.pop("o")
+    run = EncoderRun(dataclasses.replace(o, pack_seconds=(1.5, 2.5)), progress=False, **kw)
+    extra_train = [i for i in run.train_ids if i.startswith("fillets-nl:train/")]
+    assert 2 <= len(extra_train) <= 4 and len(run.train_ids) > len(extra_train)
+    assert {i.split("/")[0] for i in run.extra_ids} == {"tts-en:train"}  # nl is already trained on
+    assert all(run.states.has(i) for i in run.train_ids + run.extra_ids)
+    stats = run.train_twins()
+    assert stats["0"]["steps"] == -(-len(run.train_ids) // o.batch_size)  # one epoch over all windows
+    assert run.report["data"]["train_audio"] == ["fillets-nl:train"]

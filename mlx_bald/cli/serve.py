@@ -13,8 +13,8 @@ def register(sub) -> argparse.ArgumentParser:
                     "GET /v1/models, GET /health and a demo page at /. Only the models given "
                     "with --model can be requested; 'whisper-1' means the first one.")
     p.add_argument("--model", action="append", metavar="[ID=]NAME_OR_DIR",
-                   help=f"a model to serve, repeatable; ID is the name clients send "
-                        f"(default: the model name or folder name). Default model: "
+                   help="a model to serve, repeatable; ID is the name clients send "
+                        "(default: the model name or folder name). Default model: "
                         "$MLX_BALD_MODEL, else whisper-base-bald once built, else whisper-base")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1, loopback only)")

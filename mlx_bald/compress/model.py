@@ -28,6 +28,7 @@ from .merge import merge_decoder
 from .prune import prune_encoder
 from .twins import (LowRankLinear, LowRankWhisperAttention, bake_all_lora, choose_rank, collect_input_rms,
                     compress_attention, empty_lowrank_attention, lowrank_from_linear, split_rank)
+from .whiten import collect_input_moments
 
 SPEC_KEY = "mlx_bald_compression"
 _ATTN_LEAF = {"attn": "self_attn", "cross_attn": "encoder_attn"}
@@ -77,13 +78,14 @@ def _own_config(model: nn.Module) -> None:
 @torch.no_grad()
 def apply_spec(model: WhisperForConditionalGeneration, spec: CompressionSpec, *,
                calibrate: Callable[[nn.Module], Any] | None = None,
-               seed: int = 0) -> WhisperForConditionalGeneration:
+               seed: int = 0, init: str = "asvd") -> WhisperForConditionalGeneration:
     """Turn a stock (dense) Whisper into ``spec``'s architecture, in place.
 
     Order: decoder merge, encoder prune, embedding SVD, then product-twin attention and
     low-rank FFN on the (already renumbered) layers named by the spec keys.
-    ``calibrate(model)`` runs a few forward passes; when given, FFN factors use
-    activation-aware SVD from the input RMS seen by each listed fc1/fc2.
+    ``calibrate(model)`` runs a few forward passes; when given, ``init`` picks the data-aware
+    SVD: "asvd" scales FFN inputs by their activation RMS; "whiten" whitens FFN inputs and
+    both sides of each encoder self-attention product by their second moments (``whiten``).
     LoRA factors (spec lora_qk/lora_vo/lora) are attached unbaked, ready to train.
     """
     if is_compressed_config(model.config):
@@ -99,34 +101,61 @@ def apply_spec(model: WhisperForConditionalGeneration, spec: CompressionSpec, *,
     if spec.embedding_rank:
         factorize_embedding(model, spec.embedding_rank)
 
-    rms = ffn_input_rms(model, list(spec.ffn), calibrate) if calibrate is not None and spec.ffn else {}
+    if init not in ("asvd", "whiten"):
+        raise ValueError(f"init must be 'asvd' or 'whiten', not {init!r}")
+    rms, moments = {}, {}
+    if calibrate is not None and init == "asvd" and spec.ffn:
+        rms = ffn_input_rms(model, list(spec.ffn), calibrate)
+    elif calibrate is not None and init == "whiten":
+        moments = input_moments(model, spec, calibrate)
 
     for key, a in spec.attention.items():
         new = compress_attention(attention_module(model, key), a.qk_rank, a.vo_rank,
-                                 a.lora_qk, a.lora_vo, generator=gen)
+                                 a.lora_qk, a.lora_vo, generator=gen, moment=moments.get(key))
         _set_attention(model, key, new)
     for key, f in spec.ffn.items():
         layer = _layer(model, key)
         for name, rank in (("fc1", f.fc1_rank), ("fc2", f.fc2_rank)):
             if rank is not None:
                 setattr(layer, name, lowrank_from_linear(getattr(layer, name), rank, f.lora,
-                                                         rms.get(f"{key}.{name}"), gen))
+                                                         rms.get(f"{key}.{name}"), gen,
+                                                         moment=moments.get(f"{key}.{name}")))
     setattr(model.config, SPEC_KEY, spec.to_dict())
     return model
+
+
+@torch.no_grad()
+def input_moments(model: nn.Module, spec: CompressionSpec,
+                  calibrate: Callable[[nn.Module], Any]) -> dict[str, torch.Tensor]:
+    """Second moments (``collect_input_moments``) of the inputs of ``spec``'s encoder
+    self-attentions and FFN linears while ``calibrate(model)`` runs, by spec key
+    ("encoder.blocks.0.attn", "encoder.blocks.0.mlp.fc1", ...). Decoder and cross-attention
+    modules are left out: their two inputs differ, or calibration does not reach them."""
+    mods = {k: attention_module(model, k) for k in spec.attention if k.startswith("encoder.") and k.endswith(".attn")}
+    return _calibrated(model, mods | _ffn_modules(model, list(spec.ffn)), calibrate, collect_input_moments)
 
 
 @torch.no_grad()
 def ffn_input_rms(model: nn.Module, keys: list[str], calibrate: Callable[[nn.Module], Any]) -> dict[str, torch.Tensor]:
     """Input-activation RMS of fc1/fc2 of the FFNs ``keys`` while ``calibrate(model)`` runs:
     {"encoder.blocks.0.mlp.fc1": [d], "encoder.blocks.0.mlp.fc2": [4d], ...}."""
+    return _calibrated(model, _ffn_modules(model, keys), calibrate, collect_input_rms)
+
+
+def _ffn_modules(model: nn.Module, keys: list[str]) -> dict[str, nn.Module]:
     mods = {}
     for key in keys:
-        fc1, fc2 = ffn_linears(model, key)
-        mods[f"{key}.fc1"], mods[f"{key}.fc2"] = fc1, fc2
+        mods[f"{key}.fc1"], mods[f"{key}.fc2"] = ffn_linears(model, key)
+    return mods
+
+
+def _calibrated(model: nn.Module, mods: dict[str, nn.Module], calibrate: Callable[[nn.Module], Any],
+                collect: Callable) -> dict[str, torch.Tensor]:
+    """``collect(mods, run)`` while ``calibrate(model)`` runs in eval mode."""
     was_training = model.training
     model.eval()
     try:
-        return collect_input_rms(mods, lambda: calibrate(model))
+        return collect(mods, lambda: calibrate(model))
     finally:
         model.train(was_training)
 

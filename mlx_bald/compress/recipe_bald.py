@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from mlx_bald.compress.data import (batches_from_cache, encoder_cache_dir, ensure_encoder_cache, set_subset,
+from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, set_subset,
                                     subset)
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.embedding import factorize_embedding
@@ -170,9 +170,17 @@ def _teacher(run: _Run):
     return teacher.eval()
 
 
-def _merge_spec(o: BaldOptions, alphas: list[float]) -> CompressionSpec:
-    return CompressionSpec(decoder_merge=[MergeGroup(list(g), [a, 1.0 - a]) for g, a in zip(o.groups, alphas)],
-                           recipe=["bald"])
+def _merge_spec(o: BaldOptions, alphas: list[float], n_layers: int) -> CompressionSpec:
+    """Pairs of ``o.groups`` merged with (alpha, 1 - alpha); decoder layers in no group stay
+    as they are (groups of one), so ``--groups 4-5`` merges one pair only. No groups: no merge."""
+    if not o.groups:
+        return CompressionSpec(recipe=["bald"])
+    merged = {g[0]: MergeGroup(list(g), [a, 1.0 - a]) for g, a in zip(o.groups, alphas)}
+    covered = {i for g in o.groups for i in g}
+    for i in range(n_layers):
+        if i not in covered:
+            merged[i] = MergeGroup([i], [1.0])
+    return CompressionSpec(decoder_merge=[merged[i] for i in sorted(merged)], recipe=["bald"])
 
 
 def _search(run: _Run, teacher, texts) -> list[float]:
@@ -180,14 +188,14 @@ def _search(run: _Run, teacher, texts) -> list[float]:
     cross-entropy (merged students start near-random, so short-trained greedy WER is 100 for
     all of them and cannot rank them); every trial kept in the report."""
     o = run.o
-    if o.alphas is not None:
-        return list(o.alphas)
+    if o.alphas is not None or not o.groups:
+        return list(o.alphas or [])
     trials = run.report.get("search", [])
     tried = {t["alpha"] for t in trials}
     for alpha in o.search_grid:
         if alpha in tried:
             continue
-        trial = _merge_spec(o, [alpha] * len(o.groups))
+        trial = _merge_spec(o, [alpha] * len(o.groups), run.base.config.decoder_layers)
         student = apply_spec(copy.deepcopy(teacher), trial)
         untrained = run.dev_ce(student)
         train_decoder(student, teacher, run.batches(texts, seed_offset=1), run.student_cfg(o.search_steps, trial), None)
@@ -207,13 +215,15 @@ def run_bald(o: BaldOptions) -> Path:
     texts = _pseudo_labels(run) if o.general else None
     teacher = _teacher(run)
     alphas = _search(run, teacher, texts)
-    spec = _merge_spec(o, alphas)
+    spec = _merge_spec(o, alphas, run.base.config.decoder_layers)
     spec.notes = {"teacher": "whisper-base" if o.general else f"whisper-base fine-tuned on fillets-{o.lang}:train",
                   "student": "general" if o.general else f"specialised-{o.lang}", "seed": o.seed,
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
     merged_dir = run.work / "merged"
-    if not (merged_dir / "model.safetensors").exists():
+    if not spec.decoder_merge:  # embedding only: the student starts as the teacher
+        student = copy.deepcopy(teacher)
+    elif not (merged_dir / "model.safetensors").exists():
         _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
         student = apply_spec(copy.deepcopy(teacher), spec)
         train_decoder(student, teacher, run.batches(texts, 2), run.student_cfg(o.merge_steps, spec),
@@ -222,7 +232,8 @@ def run_bald(o: BaldOptions) -> Path:
         run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                 "alphas": alphas})
     from mlx_bald.compress.model import load_compressed
-    student, spec = load_compressed(merged_dir)
+    if spec.decoder_merge:
+        student, spec = load_compressed(merged_dir)
 
     final = Path(o.out) / "student"
     if not (final / "model.safetensors").exists():
@@ -256,8 +267,10 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     stages = {"whisper-base": (None, lambda: run.base)}
     if not o.general:
         stages["teacher"] = (run.work / "teacher", lambda: teacher)
-    stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0])
-    stages["merged+lowrank-embedding"] = (final, lambda: load_compressed(final)[0])
+    if (run.work / "merged" / "model.safetensors").is_file():
+        stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0])
+    final_name = "merged+lowrank-embedding" if "merged" in stages else "lowrank-embedding"
+    stages[final_name] = (final, lambda: load_compressed(final)[0])
     scored = run.report.get("table_rows", {})
     rows = []
     for name, (folder, load) in stages.items():

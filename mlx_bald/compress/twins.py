@@ -17,10 +17,11 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.nn import functional as F
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.whisper.modeling_whisper import WhisperAttention, eager_attention_forward
+
+from .whiten import collect_input_moments, unwhiten_left, unwhiten_right, whitener
 
 RANK_MULTIPLE = 16
 
@@ -196,13 +197,15 @@ def empty_lowrank_attention(attn: WhisperAttention, qk_rank: int, vo_rank: int,
 
 @torch.no_grad()
 def compress_attention(attn: WhisperAttention, qk_rank: int, vo_rank: int, lora_rank: int = 0,
-                       lora_vo: int | None = None,
-                       generator: torch.Generator | None = None) -> LowRankWhisperAttention:
+                       lora_vo: int | None = None, generator: torch.Generator | None = None,
+                       moment: torch.Tensor | None = None) -> LowRankWhisperAttention:
     """Product-twin compression of a dense WhisperAttention.
 
     ``qk_rank``/``vo_rank`` are the effective head dims; ``lora_rank`` (q/k) and ``lora_vo``
     (v/o, default = lora_rank) of them are LoRA dims, the rest come from the per-head SVD.
     At spectral rank = d_head (no LoRA) the result equals the original module exactly.
+    ``moment`` (self-attention only: E[[x,1][x,1]^T] of its input, ``collect_input_moments``)
+    makes each SVD data-whitened: q/k on both sides of the bilinear score, v/o on the input.
     """
     if isinstance(attn, LowRankWhisperAttention):
         raise ValueError("attention is already low-rank")
@@ -217,15 +220,27 @@ def compress_attention(attn: WhisperAttention, qk_rank: int, vo_rank: int, lora_
     bv = attn.v_proj.bias.double() if attn.v_proj.bias is not None else torch.zeros(d, dtype=torch.float64)
     bo = attn.out_proj.bias.double() if attn.out_proj.bias is not None else torch.zeros(d, dtype=torch.float64)
     s = attn.scaling
+    if moment is not None:
+        lx = whitener(moment.to(wq.device))  # [x, 1], query side
+        ly = whitener(moment[:d, :d].to(wq.device))  # x, key/value side
     q_w, q_b, k_w, v_w, o_w = [], [], [], [], []
     for i in range(h):
         sl = slice(i * dh, (i + 1) * dh)
         a_qk = torch.cat([wq[sl].T, bq[sl][None]], 0) * s  # (d+1, dh): [x, 1] -> scaled query
-        left, right = _product_factors(a_qk, wk[sl], rq)
+        a_vo, b_vo = wv[sl].T, wo[:, sl].T  # M_vo = Wv_h^T Wo_h^T (d x d)
+        if moment is None:
+            left, right = _product_factors(a_qk, wk[sl], rq)
+        else:
+            left, right = _product_factors(lx.T @ a_qk, wk[sl] @ ly, rq)
+            left, right = unwhiten_left(lx, left), unwhiten_right(right, ly)
         q_w.append(left[:d].T)
         q_b.append(left[d])
         k_w.append(right)
-        left, right = _product_factors(wv[sl].T, wo[:, sl].T, rv)  # M_vo = Wv_h^T Wo_h^T (d x d)
+        if moment is None:
+            left, right = _product_factors(a_vo, b_vo, rv)
+        else:
+            left, right = _product_factors(ly.T @ a_vo, b_vo, rv)
+            left = unwhiten_left(ly, left)
         v_w.append(left.T)
         o_w.append(right.T)
     dt = attn.q_proj.weight.dtype
@@ -318,20 +333,28 @@ def choose_rank(weight: torch.Tensor, energy: float = 0.9, act_rms: torch.Tensor
 
 @torch.no_grad()
 def lowrank_from_linear(linear: nn.Linear, rank: int, lora: int = 0, act_rms: torch.Tensor | None = None,
-                        generator: torch.Generator | None = None) -> LowRankLinear:
+                        generator: torch.Generator | None = None,
+                        moment: torch.Tensor | None = None) -> LowRankLinear:
     """Factor a dense Linear at effective ``rank`` (``lora`` of it LoRA, zero-initialised on the
     up side). With ``act_rms`` the SVD is activation-aware: W diag(s) = U S V^T,
-    down = sqrt(S) V^T diag(1/s), up = U sqrt(S)."""
+    down = sqrt(S) V^T diag(1/s), up = U sqrt(S). With ``moment`` (E[[x,1][x,1]^T], it wins
+    over ``act_rms``) it is whitened: W L = U S V^T, down = sqrt(S) V^T L^-1."""
     out_f, in_f = linear.weight.shape
     r = rank - lora
     if not 0 < r <= min(out_f, in_f):
         raise ValueError(f"spectral rank {r} outside 1..{min(out_f, in_f)}")
-    u, s, vt, scale = _scaled_svd(linear.weight, act_rms)
+    if moment is None:
+        u, s, vt, scale = _scaled_svd(linear.weight, act_rms)
+        down = (s[:r].sqrt()[:, None] * vt[:r]) / scale
+    else:
+        chol = whitener(moment[:in_f, :in_f].to(linear.weight.device))
+        u, s, vt = torch.linalg.svd(linear.weight.double() @ chol, full_matrices=False)
+        down = unwhiten_right(s[:r].sqrt()[:, None] * vt[:r], chol)
     root = s[:r].sqrt()
     new = LowRankLinear(in_f, out_f, rank, lora, bias=linear.bias is not None)
     new = new.to(device=linear.weight.device, dtype=linear.weight.dtype)
     dt = linear.weight.dtype
-    new.down.weight.copy_(((root[:, None] * vt[:r]) / scale).to(dt))
+    new.down.weight.copy_(down.to(dt))
     new.up.weight.copy_((u[:, :r] * root).to(dt))
     if linear.bias is not None:
         new.up.bias.copy_(linear.bias)
@@ -339,31 +362,10 @@ def lowrank_from_linear(linear: nn.Linear, rank: int, lora: int = 0, act_rms: to
     return new
 
 
-@torch.no_grad()
 def collect_input_rms(modules: Mapping[str, nn.Module], run: Callable[[], Any] | Iterable[Any]) -> dict[str, torch.Tensor]:
     """Per-input-feature RMS of what each module receives while ``run`` (a callable, or an
     iterable whose iteration drives forward passes) executes. Returns {name: [in_features]}."""
-    sums: dict[str, torch.Tensor] = {}
-    counts: dict[str, int] = {}
-
-    def hook(name: str):
-        def fn(_mod, args):
-            x = args[0].detach().double().reshape(-1, args[0].shape[-1])
-            sums[name] = sums.get(name, 0) + (x**2).sum(0)
-            counts[name] = counts.get(name, 0) + x.shape[0]
-        return fn
-
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
-    try:
-        if callable(run):
-            run()
-        else:
-            for _ in run:
-                pass
-    finally:
-        for hd in handles:
-            hd.remove()
-    return {n: (sums[n] / counts[n]).sqrt().float() for n in sums}
+    return {n: m[:-1, :-1].diagonal().sqrt().float() for n, m in collect_input_moments(modules, run).items()}
 
 
 def bake_all_lora(model: nn.Module) -> nn.Module:

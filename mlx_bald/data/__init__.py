@@ -1,5 +1,6 @@
 """Speech sets by name: ``librivox`` and ``fillets-<lang>[:split]`` (e.g. ``fillets-cs:test``), real
-speech; ``tts-en[:split]``, synthetic English for distillation only."""
+speech; ``tts-en[:split]``, synthetic English for distillation only; ``folder-<lang>:PATH``, a
+user's own unlabelled audio, for training only."""
 from __future__ import annotations
 
 from mlx_bald.data.clips import Clip
@@ -22,8 +23,13 @@ def load_set(spec: str) -> list[Clip]:
         from mlx_bald.data.tts import load_tts
 
         return load_tts(name.removeprefix("tts-"), split or None)
-    raise MlxBaldError(f"unknown set {spec!r}: use 'librivox', 'fillets-<lang>[:train|dev|test]' "
-                       "or 'tts-en[:split]' (synthetic, for training)")
+    if name.startswith("folder-"):  # unlabelled audio: training only
+        from mlx_bald.data.folder import load_folder
+
+        return load_folder(name.removeprefix("folder-"), split)
+    raise MlxBaldError(f"unknown set {spec!r}: use 'librivox', 'fillets-<lang>[:train|dev|test]', "
+                       "'tts-en[:split]' (synthetic, for training) or 'folder-<lang>:PATH' (your unlabelled audio, "
+                       "for training)")
 
 
 __all__ = ["Clip", "load_set"]

@@ -159,7 +159,8 @@ class EncoderRun:
         featurize = featurize or (lambda c: features(c, cfg.num_mel_bins))
         train = list(train) + self._set_windows(o.train_audio)
         self.train_ids, self.heldout_ids = [c.id for c in train], [c.id for c in heldout]
-        extra = [w for w in self._set_windows(o.recover_audio) if w.id not in set(self.train_ids)]
+        trained = set(self.train_ids)
+        extra = [w for w in self._set_windows(o.recover_audio) if w.id not in trained]
         self.extra_ids = [w.id for w in extra]
         # speech frames of each held-out clip (encoder frames are 20 ms); unknown without audio
         self.heldout_frames = ({c.id: min(cfg.max_source_positions, math.ceil(len(c.audio) / 320)) for c in heldout}

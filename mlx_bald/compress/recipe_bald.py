@@ -221,9 +221,7 @@ def run_bald(o: BaldOptions) -> Path:
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
     merged_dir = run.work / "merged"
-    if not spec.decoder_merge:  # embedding only: the student starts as the teacher
-        student = copy.deepcopy(teacher)
-    elif not (merged_dir / "model.safetensors").exists():
+    if spec.decoder_merge and not (merged_dir / "model.safetensors").exists():
         _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
         student = apply_spec(copy.deepcopy(teacher), spec)
         train_decoder(student, teacher, run.batches(texts, 2), run.student_cfg(o.merge_steps, spec),
@@ -232,11 +230,11 @@ def run_bald(o: BaldOptions) -> Path:
         run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                 "alphas": alphas})
     from mlx_bald.compress.model import load_compressed
-    if spec.decoder_merge:
-        student, spec = load_compressed(merged_dir)
 
     final = Path(o.out) / "student"
     if not (final / "model.safetensors").exists():
+        # embedding only: the student starts as the teacher
+        student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)
         _log(f"rank-{o.embedding_rank} embedding: {o.embed_steps} steps with feature distillation")
         factorize_embedding(student, o.embedding_rank)
         spec.embedding_rank = o.embedding_rank

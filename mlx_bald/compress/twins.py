@@ -34,15 +34,26 @@ def split_rank(total: int, ratio: tuple[int, int] = (4, 1)) -> tuple[int, int]:
     return total - lora, lora
 
 
-def _product_factors(a: torch.Tensor, b: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _product_factors(a: torch.Tensor, b: torch.Tensor, rank: int, left_chol: torch.Tensor | None = None,
+                     right_chol: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rank-``rank`` factors (L [m, rank], R [rank, n]) of M = a @ b, with a [m, k], b [k, n],
-    k small: SVD of the k x k core after two thin QRs, so M is never formed."""
-    qa, ra = torch.linalg.qr(a.double())
-    qb, rb = torch.linalg.qr(b.double().T)
+    k small: SVD of the k x k core after two thin QRs, so M is never formed. With whiteners
+    (``whiten.whitener``) of the inputs on either side, the SVD is of Lx^T M Ly, mapped back."""
+    a, b = a.double(), b.double()
+    if left_chol is not None:
+        a = left_chol.T @ a
+    if right_chol is not None:
+        b = b @ right_chol
+    qa, ra = torch.linalg.qr(a)
+    qb, rb = torch.linalg.qr(b.T)
     u, s, vt = torch.linalg.svd(ra @ rb.T)
     root = s[:rank].sqrt()
     left = (qa @ u[:, :rank]) * root
     right = (root[:, None] * vt[:rank]) @ qb.T
+    if left_chol is not None:
+        left = unwhiten_left(left_chol, left)
+    if right_chol is not None:
+        right = unwhiten_right(right, right_chol)
     return left, right
 
 
@@ -220,6 +231,7 @@ def compress_attention(attn: WhisperAttention, qk_rank: int, vo_rank: int, lora_
     bv = attn.v_proj.bias.double() if attn.v_proj.bias is not None else torch.zeros(d, dtype=torch.float64)
     bo = attn.out_proj.bias.double() if attn.out_proj.bias is not None else torch.zeros(d, dtype=torch.float64)
     s = attn.scaling
+    lx = ly = None
     if moment is not None:
         lx = whitener(moment.to(wq.device))  # [x, 1], query side
         ly = whitener(moment[:d, :d].to(wq.device))  # x, key/value side
@@ -227,20 +239,11 @@ def compress_attention(attn: WhisperAttention, qk_rank: int, vo_rank: int, lora_
     for i in range(h):
         sl = slice(i * dh, (i + 1) * dh)
         a_qk = torch.cat([wq[sl].T, bq[sl][None]], 0) * s  # (d+1, dh): [x, 1] -> scaled query
-        a_vo, b_vo = wv[sl].T, wo[:, sl].T  # M_vo = Wv_h^T Wo_h^T (d x d)
-        if moment is None:
-            left, right = _product_factors(a_qk, wk[sl], rq)
-        else:
-            left, right = _product_factors(lx.T @ a_qk, wk[sl] @ ly, rq)
-            left, right = unwhiten_left(lx, left), unwhiten_right(right, ly)
+        left, right = _product_factors(a_qk, wk[sl], rq, lx, ly)
         q_w.append(left[:d].T)
         q_b.append(left[d])
         k_w.append(right)
-        if moment is None:
-            left, right = _product_factors(a_vo, b_vo, rv)
-        else:
-            left, right = _product_factors(ly.T @ a_vo, b_vo, rv)
-            left = unwhiten_left(ly, left)
+        left, right = _product_factors(wv[sl].T, wo[:, sl].T, rv, ly)  # M_vo = Wv_h^T Wo_h^T (d x d)
         v_w.append(left.T)
         o_w.append(right.T)
     dt = attn.q_proj.weight.dtype

@@ -206,12 +206,14 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
                           save_report=lambda **kw: report.update(json.loads(json.dumps(kw))))
     rb._final_table(run, "teacher", final)
     assert len(scored) == 8 and [r["model"] for r in report["table"]][-1] == "merged+lowrank-embedding"
-    report.pop("table")
-    scored.clear()
+    scored.clear()  # the report keeps its table: a continued stage must still be re-scored
     (final / "model.safetensors").write_bytes(b"retrained")  # only the last stage changed
     os.utime(final / "model.safetensors", ns=(10**9, 10**9))  # a new stamp even on coarse clocks
     rb._final_table(run, "teacher", final)
     assert scored == [str(final)] * 2 and len(report["table"]) == 4
+    scored.clear()
+    rb._final_table(run, "teacher", final)  # nothing changed: nothing re-scored
+    assert scored == [] and len(report["table"]) == 4
 
 
 def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):

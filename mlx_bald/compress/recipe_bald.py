@@ -254,8 +254,6 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     from mlx_bald.compress.model import load_compressed
     from mlx_bald.data import load_set
 
-    if run.report.get("table"):
-        return
     o = run.o
     sets = {"test": f"fillets-{o.lang}:test", "librivox": "librivox"}
     clips = {k: load_set(v) for k, v in sets.items()}

@@ -50,6 +50,8 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="unlabelled sets added to the mixed recovery (tts-en: synthetic English)")
     p.add_argument("--recover-epochs", type=int, default=2)
     p.add_argument("--recover-lr", type=float, default=1e-4)
+    p.add_argument("--recover-kl", type=float, default=0.0,
+                   help="weight of the KL through base's frozen decoder in recovery (rows named -kl<w>)")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
     return p.parse_args(argv)
 
@@ -83,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     recover = {c for c in a.recover.split(",") if c}
     run = EncoderRun(EncoderOptions(out=a.out, train_clips=a.train_clips, heldout_clips=a.heldout_clips,
                                     epochs=a.epochs, bridge_epochs=a.bridge_epochs, lr=a.lr,
-                                    recover_lr=a.recover_lr, init=a.init, audio_clips=a.audio_clips,
+                                    recover_lr=a.recover_lr, recover_kl=a.recover_kl, init=a.init, audio_clips=a.audio_clips,
                                     train_audio=tuple(x for x in a.train_audio.split(",") if x),
                                     recover_audio=tuple(x for x in a.recover_audio.split(",") if x)))
     # cells with a mixed recovery row: only when --recover-audio adds windows the layers did not see
@@ -104,9 +106,9 @@ def main(argv: list[str] | None = None) -> int:
                               "encoder_layer_params": base_enc_layers, "compression_of_kept_layers": 0.0,
                               "encoder_layer_reduction": 0.0})
                 continue
-            r = a.recover_epochs
-            variants = [(name, 0, False)] + ([(f"{name}-r{r}", r, False)] if name in recover and r > 0 else []) \
-                + ([(f"{name}-r{r}-mix", r, True)] if name in mixed and r > 0 else [])
+            r, kl = a.recover_epochs, f"-kl{a.recover_kl:g}" if a.recover_kl > 0 else ""
+            variants = [(name, 0, False)] + ([(f"{name}-r{r}{kl}", r, False)] if name in recover and r > 0 else []) \
+                + ([(f"{name}-r{r}{kl}-mix", r, True)] if name in mixed and r > 0 else [])
             for cell, epochs, mix in variants:
                 folder = run.build(p, level, a.out / "cells" / cell, recover_epochs=epochs, mixed=mix)
                 s = run.report["results"][cell]
@@ -162,6 +164,9 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         f"{a.recover_lr}, linear decay) from the cached input of the first layer to base's encoder output after "
         "the final LayerNorm, on the same windows; `out err` = relative error of the encoder output on the "
         "held-out clips' speech frames before -> after."
+        + (f" `+kl`: plus {a.recover_kl:g} x the KL divergence between base's frozen decoder reading base's and the "
+           "compressed encoder output, teacher-forced on base's own greedy transcript of each window."
+           if a.recover_kl > 0 else "")
         + (f" `+rec +mix`: the same recovery on those windows plus windows of {a.recover_audio.replace(',', ', ')} "
            f"({a.audio_clips} clips each)." if any(c["cell"].endswith("-mix") for c in cells) else "")
         + (" tts-en is synthetic English speech (training only)." if "tts-en" in a.train_audio + a.recover_audio else ""),
@@ -177,7 +182,8 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
         dl, dc = lw - base["librivox"]["wer"], cw - base["fillets-cs:test"]["wer"]
         rec = c.get("recovery")
         mix = " +mix" if rec and rec.get("windows", 0) > len(run.train_ids) else ""
-        tag = (f" +rec{mix} (out err {rec['heldout_speech_output_error_before']:.3f} -> "
+        kl = f" +kl{rec['kl_weight']:g}" if rec and rec.get("kl_weight") else ""
+        tag = (f" +rec{mix}{kl} (out err {rec['heldout_speech_output_error_before']:.3f} -> "
                f"{rec['heldout_speech_output_error']:.3f})") if rec else ""
         lines.append(
             f"| {c['level']:.0%} ({c['compression_of_kept_layers']:.1%}){tag} | {c['prune']} | {c['twins'] or '-'} "

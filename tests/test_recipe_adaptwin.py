@@ -257,7 +257,8 @@ def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
     assert rec["epochs"] == 6 and rec["steps"] == 6 * 4
     assert rec["heldout_speech_output_error"] < rec["heldout_speech_output_error_before"], rec
     model, spec = load_compressed(folder)
-    assert spec.notes["encoder_recipe"]["recovery"] == {"epochs": 6, "lr": 3e-3, "audio": ["fillets-cs:train"]}
+    assert spec.notes["encoder_recipe"]["recovery"] == {"epochs": 6, "lr": 3e-3, "kl_weight": 0.0,
+                                                        "audio": ["fillets-cs:train"]}
     assert len(model.model.encoder.layers) == 3 and summary["twins"]
     assert base.model.encoder.layer_norm.weight.grad is None  # the final norm stays frozen
     # the saved checkpoint (LoRA baked) is the recovered encoder, not the layer-wise one
@@ -265,6 +266,23 @@ def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
     saved = relative_output_error(stack, run.states, run.heldout_ids, 0, 4, frames=run.heldout_frames)
     assert saved == pytest.approx(rec["heldout_speech_output_error"], rel=1e-3)
     assert not (run.work / "recover" / "rec.ckpt").exists()
+
+
+def test_recovery_with_decoder_kl_labels_windows_once_and_trains_differently(tmp_path):
+    base = tiny_model(encoder_layers=2, vocab_size=51865, max_target_positions=448)
+    kw = tiny_run(tmp_path, base, epochs=1, recover_epochs=2, recover_lr=3e-3)
+    run = EncoderRun(kw.pop("o"), progress=False, **kw)
+    run.train_twins()
+    plain = run.build(0, 0.5, tmp_path / "plain")
+    run.o = dataclasses.replace(run.o, recover_kl=1.0)
+    with_kl = run.build(0, 0.5, tmp_path / "kl")
+    labels = json.loads((run.work / "window_labels.json").read_text())
+    assert set(labels) == set(run.train_ids)
+    assert run.report["results"]["kl"]["recovery"]["kl_weight"] == 1.0
+    assert load_compressed(with_kl)[1].notes["encoder_recipe"]["recovery"]["kl_weight"] == 1.0
+    a, b = (load_compressed(f)[0].model.encoder.state_dict() for f in (plain, with_kl))
+    assert a.keys() == b.keys() and any(not torch.allclose(a[k], b[k]) for k in a)  # the KL changed the result
+    assert all(p.grad is None for p in base.model.decoder.parameters())
 
 
 def test_mixed_recovery_adds_the_other_sets_windows(tmp_path, monkeypatch):
@@ -321,3 +339,17 @@ def test_train_audio_joins_the_layer_wise_windows(tmp_path, monkeypatch):
     stats = run.train_twins()
     assert stats["0"]["steps"] == -(-len(run.train_ids) // o.batch_size)  # one epoch over all windows
     assert run.report["data"]["train_audio"] == ["fillets-nl:train"]
+
+
+def test_decoder_kl_is_zero_at_the_target_and_trains_only_the_encoder_output():
+    from mlx_bald.compress.recovery import DecoderKL
+
+    model = tiny_model(vocab_size=51865, max_target_positions=448)
+    kl = DecoderKL(model, {"a": "hello world", "b": "ahoj světe, jak se máš"}, {"a": "en", "b": "cs"}, weight=2.0)
+    target = torch.randn(2, 8, 64)
+    assert float(kl(["a", "b"], target.clone(), target)) == pytest.approx(0.0, abs=1e-5)
+    out = (target + 0.5 * torch.randn(2, 8, 64)).requires_grad_(True)
+    loss = kl(["b", "a"], out, target)
+    loss.backward()
+    assert loss.item() > 1e-4 and float(out.grad.abs().sum()) > 0
+    assert all(p.grad is None and not p.requires_grad for p in model.model.decoder.parameters())

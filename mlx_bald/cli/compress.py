@@ -78,6 +78,9 @@ def register(sub) -> argparse.ArgumentParser:
                    default=[0.2, 0.35, 0.5, 0.65, 0.8], help="alpha values tried by the search")
     p.add_argument("--search-steps", type=int, default=40, help="training steps per search trial")
     p.add_argument("--rank", type=int, default=96, help="rank of the factored token embedding")
+    p.add_argument("--embed-init", choices=("svd", "whiten"), default="svd",
+                   help="start of the factored embedding: 'svd' = plain SVD of E (the paper's); 'whiten' = SVD "
+                        "weighted by the data (the head's input second moment, token probabilities and frequencies)")
     p.add_argument("--teacher-steps", type=int, default=300)
     p.add_argument("--merge-steps", type=int, default=1400, help="training steps of the merged student")
     p.add_argument("--embed-steps", type=int, default=1200, help="training steps of the low-rank embedding stage")
@@ -118,6 +121,9 @@ def register(sub) -> argparse.ArgumentParser:
     enc.add_argument("--recover-epochs", type=int, default=2,
                      help="epochs of end-to-end recovery of the built encoder (h0 -> encoder output); 0: layer-wise only")
     enc.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
+    enc.add_argument("--recover-kl", type=float, default=0.0,
+                     help="weight of a KL term in recovery: base's frozen decoder, teacher-forced on base's own "
+                          "transcript of each window, reads the original and the compressed encoder output")
     enc.add_argument("--recover-audio", type=_set_names, default=[],
                      help="more unlabelled sets for the recovery only, comma-separated "
                           "(e.g. fillets-nl:train,tts-en:train; tts-en is synthetic English)")
@@ -144,7 +150,7 @@ def _encoder(args, out: Path):
                           heldout_clips=args.heldout_clips,
                           epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
                           lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
-                          recover_audio=tuple(args.recover_audio), train_audio=tuple(args.train_audio),
+                          recover_kl=args.recover_kl, recover_audio=tuple(args.recover_audio), train_audio=tuple(args.train_audio),
                           audio_clips=args.audio_clips, init=args.init, seed=args.seed)
     return run_encoder(opts, out / "student")
 
@@ -192,7 +198,7 @@ def _bald_options(args, out: Path):
     return BaldOptions(out=out, model=args.model, lang=args.lang, general=args.general,
                        groups=args.groups, alphas=None if args.alpha is None else [args.alpha] * len(args.groups),
                        search_grid=args.search_grid, search_steps=args.search_steps,
-                       embedding_rank=args.rank, teacher_steps=args.teacher_steps,
+                       embedding_rank=args.rank, embed_init=args.embed_init, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
                        batch_size=args.batch_size, max_tokens=args.max_tokens, lr=args.lr,
                        teacher_lr=args.teacher_lr,

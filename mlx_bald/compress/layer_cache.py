@@ -26,9 +26,10 @@ import numpy as np
 import torch
 from safetensors import safe_open
 from torch import nn
+from torch.nn import functional as F
 
 from .clip_store import clip_file, write_missing
-from .layerwise import capture_layer_io, layer_mse
+from .layerwise import capture_layer_io
 
 class HiddenStates:
     """Per-clip encoder boundaries ``h0..hN`` in ``folder``."""
@@ -170,14 +171,18 @@ class LayerStack(nn.Module):
 def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src: int, dst: int,
                 cfg: LayerTrainConfig, ckpt: str | os.PathLike | None = None, desc: str = "layer",
                 progress: bool = True, params: Sequence[nn.Parameter] | None = None,
-                target: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, float]:
+                target: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                extra_loss: Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+                ) -> dict[str, float]:
     """Train ``layer`` (all its parameters, spectral and LoRA alike) so that
     layer(h_src) ~ h_dst in MSE over clips ``ids``. ``dst = src + 1`` is AdaPTwin's layer-wise
     fine-tuning; ``dst > src + 1`` trains a bridge across removed layers. ``params`` (default
     all) are the ones trained; ``target`` maps the cached h_dst to the layer's output space
-    (recovery: a whole ``LayerStack`` ending in its frozen final norm). With ``ckpt`` the
+    (recovery: a whole ``LayerStack`` ending in its frozen final norm); ``extra_loss(batch ids,
+    output, target)`` is added to the MSE (e.g. ``recovery.DecoderKL``). With ``ckpt`` the
     state is saved every ``cfg.checkpoint_every`` steps and a rerun resumes from it.
-    Returns {"loss_first_epoch", "loss_last_epoch", "steps"} (mean MSE per epoch)."""
+    Returns {"loss_first_epoch", "loss_last_epoch", "steps"} (mean loss per epoch: the MSE,
+    plus ``extra_loss`` when given)."""
     from tqdm.auto import tqdm
 
     if not ids:
@@ -214,7 +219,11 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
         if i < step:
             continue  # done before the resume point (the order is a function of seed and epoch)
         x, y = states.load(batch, src, dst)
-        loss = layer_mse(layer, (x, None), {}, target(y))
+        out, t = layer(x, None), target(y)
+        out = out[0] if isinstance(out, tuple) else out
+        loss = F.mse_loss(out.float(), t.float())
+        if extra_loss is not None:
+            loss = loss + extra_loss(batch, out, t)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
@@ -226,7 +235,7 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
         acc[0] += loss.item()
         acc[1] += 1
         bar.update(1)
-        bar.set_postfix(mse=f"{loss.item():.4g}")
+        bar.set_postfix(loss=f"{loss.item():.4g}")
         if step % cfg.checkpoint_every == 0:
             save()
     bar.close()

@@ -16,7 +16,7 @@
    (pruned) dense encoder and the change of the final encoder output on held-out audio is
    measured; the lowest-error twins are kept until the parameter saving is closest to the
    target fraction of the kept encoder layers' parameters.
-5. Recovery (optional, ``recover_epochs``): the chosen encoder (kept layers, twins, bridges)
+5. Recovery (optional, ``recover_epochs``, module ``recovery``): the chosen encoder (kept layers, twins, bridges)
    is fine-tuned END TO END from the cached first-layer input h0 to the original encoder
    output (after the frozen final norm, where the decoder reads it). Layer-wise training
    fits each layer on the ORIGINAL inputs, so errors compound through the stack; this
@@ -42,10 +42,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_bald.compress.data import features, set_subset, subset
-from mlx_bald.compress.layer_cache import (HiddenStates, LayerStack, LayerTrainConfig, pack_windows,
-                                           relative_layer_error, relative_output_error, speech_mask, train_layer)
+from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows,
+                                           relative_layer_error, speech_mask, train_layer)
 from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
 from mlx_bald.compress.recipe_prune import bridge_plan, choose_pruned, load_bridge, train_bridges
+from mlx_bald.compress.recovery import recover_encoder
 from mlx_bald.compress.twins import split_rank
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
 
@@ -69,6 +70,7 @@ class EncoderOptions:
     lr: float = 3e-4
     recover_epochs: int = 0  # end-to-end recovery of the built encoder (0: layer-wise only)
     recover_lr: float = 1e-4
+    recover_kl: float = 0.0  # weight of the KL through base's frozen decoder in recovery (``recovery``)
     # more unlabelled audio (e.g. fillets-nl:train, tts-en:train), packed like the train clips,
     # ``audio_clips`` clips per set: ``train_audio`` joins every stage (layer-wise, bridges,
     # recovery), ``recover_audio`` only the recovery of ``build(mixed=True)``
@@ -109,6 +111,12 @@ def select_layers(errors: dict[int, float], savings: dict[int, int], total: int,
         if gap < best_gap - 1e-12:
             best, best_gap = order[:k], gap
     return sorted(best)
+
+
+def _language(item) -> str | None:
+    """A window's (or clip's) language: its first clip's."""
+    clips = getattr(item, "clips", None) or [item]
+    return getattr(clips[0], "language", None)
 
 
 def _out(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
@@ -162,6 +170,7 @@ class EncoderRun:
         trained = set(self.train_ids)
         extra = [w for w in self._set_windows(o.recover_audio) if w.id not in trained]
         self.extra_ids = [w.id for w in extra]
+        self.languages = {w.id: _language(w) for w in list(train) + extra}
         # speech frames of each held-out clip (encoder frames are 20 ms); unknown without audio
         self.heldout_frames = ({c.id: min(cfg.max_source_positions, math.ceil(len(c.audio) / 320)) for c in heldout}
                                if all(hasattr(c, "audio") for c in heldout) else None)
@@ -345,25 +354,6 @@ class EncoderRun:
         return select_layers(errors, savings, sum(dense.values()), target)
 
     # ---- result ---------------------------------------------------------------------------
-    def recover(self, layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
-                mixed: bool = False) -> dict:
-        """End-to-end recovery of ``layers`` (trained in place) from h0 to the encoder output,
-        on the train windows (+ the ``recover_audio`` windows when ``mixed``)."""
-        ids = self.train_ids + (self.extra_ids if mixed else [])
-        stack, t0 = LayerStack(layers, final), time.time()
-        before = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
-        _log(f"{name}: recovery, {epochs} epochs end to end; held-out output error {before:.4f} (speech frames)")
-        cfg = LayerTrainConfig(lr=self.o.recover_lr, epochs=epochs, batch_size=self.o.batch_size, seed=self.o.seed)
-        ckpt = self.work / "recover" / f"{name}.ckpt"
-        s = train_layer(stack, self.states, ids, 0, self.n, cfg, ckpt, desc=f"recover {name}",
-                        progress=self.progress, params=stack.trainable_parameters(), target=stack.target)
-        after = relative_output_error(stack, self.states, self.heldout_ids, 0, self.n, frames=self.heldout_frames)
-        _log(f"{name}: held-out output error {before:.4f} -> {after:.4f}")
-        audio = [f"fillets-{self.o.lang}:train", *self.o.train_audio] + (list(self.o.recover_audio) if mixed else [])
-        return s | {"epochs": epochs, "lr": self.o.recover_lr, "seconds": round(time.time() - t0, 1),
-                    "audio": audio, "windows": len(ids),
-                    "heldout_speech_output_error_before": before, "heldout_speech_output_error": after}
-
     def build(self, n_prune: int, target: float, folder: str | Path, recover_epochs: int | None = None,
               mixed: bool | None = None) -> Path:
         """Compressed checkpoint: ``n_prune`` layers dropped, twins kept for ``target``, then
@@ -399,9 +389,10 @@ class EncoderRun:
         recovery = None
         if recover_epochs > 0:
             encoder = model.model.encoder
-            recovery = self.recover(list(encoder.layers), encoder.layer_norm, recover_epochs, folder.name, mixed)
+            recovery = recover_encoder(self, list(encoder.layers), encoder.layer_norm, recover_epochs, folder.name,
+                                       mixed)
             spec.notes["encoder_recipe"]["recovery"] = {"epochs": recover_epochs, "lr": self.o.recover_lr,
-                                                        "audio": recovery["audio"]}
+                                                        "kl_weight": self.o.recover_kl, "audio": recovery["audio"]}
         save_compressed(model, spec, folder)
         (self.work / "recover" / f"{folder.name}.ckpt").unlink(missing_ok=True)
         layers = sum(count_parameters(l) for l in model.model.encoder.layers)

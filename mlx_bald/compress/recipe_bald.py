@@ -20,6 +20,7 @@ import resource
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 
 import torch
@@ -27,9 +28,10 @@ import torch
 from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, set_subset,
                                     subset)
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
-from mlx_bald.compress.embedding import factorize_embedding
+from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_transcribe
 from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
+from mlx_bald.errors import MlxBaldError
 from mlx_bald.spec import CompressionSpec, MergeGroup
 
 
@@ -44,6 +46,10 @@ class BaldOptions:
     search_grid: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65, 0.8])
     search_steps: int = 40
     embedding_rank: int = 96
+    # "svd": plain SVD of E (the paper's); "whiten": data-aware SVD (EmbeddingStats): far better
+    # untrained, but after 700-1,400 steps its greedy WERs were mixed (README), so not the default
+    embed_init: str = "svd"
+    embed_calib_batches: int = 20
     teacher_steps: int = 300
     merge_steps: int = 1400  # measured: 700 steps left the merged student at 1.17x the teacher
     embed_steps: int = 1200  # measured: 400 steps lost the merge's gain again, 1,200 kept it
@@ -209,6 +215,8 @@ def _search(run: _Run, teacher, texts) -> list[float]:
 
 def run_bald(o: BaldOptions) -> Path:
     """Run the recipe; returns the final compressed checkpoint folder (``out/student``)."""
+    if o.embed_init not in ("whiten", "svd"):
+        raise MlxBaldError(f"embed_init must be 'whiten' or 'svd', not {o.embed_init!r}")
     run = _Run(o)
     run.save_report(base={"params": count_parameters(run.base), "dev_wer": run.report.get("base", {}).get("dev_wer")
                           or run.dev_wer(run.base)})
@@ -235,10 +243,21 @@ def run_bald(o: BaldOptions) -> Path:
     if not (final / "model.safetensors").exists():
         # embedding only: the student starts as the teacher
         student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)
-        _log(f"rank-{o.embedding_rank} embedding: {o.embed_steps} steps with feature distillation")
-        factorize_embedding(student, o.embedding_rank)
+        _log(f"rank-{o.embedding_rank} embedding ({o.embed_init} init): {o.embed_steps} steps with feature distillation")
+        resuming = (run.work / "embed-ckpt" / "distill_checkpoint.pt").is_file()
+        started = run.report.get("embedding_init", {}).get("init", "svd")  # reports older than the option: svd
+        if resuming and started != o.embed_init:
+            raise MlxBaldError(f"{run.work / 'embed-ckpt'} was started with --embed-init {started}; "
+                               f"rerun with it, or use a new --out for {o.embed_init}")
+        stats = None
+        if o.embed_init == "whiten" and not resuming:  # calibrated on the stage's own first batches
+            stats = collect_embedding_stats(student, islice(run.batches(texts, 3)(0), o.embed_calib_batches))
+        factorize_embedding(student, o.embedding_rank, stats)
         spec.embedding_rank = o.embedding_rank
+        spec.notes["embedding_init"] = o.embed_init
         setattr(student.config, SPEC_KEY, spec.to_dict())
+        if not resuming:
+            run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)})
         train_decoder(student, teacher, run.batches(texts, 3), run.student_cfg(o.embed_steps, spec, feature_weight=0.1),
                       run.work / "embed-ckpt")
         save_compressed(student, spec, final)

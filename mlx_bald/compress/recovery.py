@@ -1,0 +1,126 @@
+"""End-to-end recovery of a built (compressed/pruned) encoder, optionally through the frozen
+decoder.
+
+``recover_encoder`` trains the kept layers together from the cached first-layer input h0 to
+base's encoder output (after the frozen final norm). A plain MSE on the encoder output weighs every direction of every frame alike, while the
+decoder reads the output through its cross-attention only. Here the ORIGINAL model's
+decoder runs teacher-forced on the original model's own greedy transcript of each window
+(no labels), once on the original encoder output and once on the compressed one, and the
+KL divergence between the two next-token distributions is added to the MSE
+(``recover_kl``), so the output is judged by what the decoder makes of it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from mlx_bald.compress.data import IGNORE, token_sequence
+from mlx_bald.compress.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
+
+if TYPE_CHECKING:
+    from mlx_bald.compress.recipe_adaptwin import EncoderRun
+
+
+def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
+                    mixed: bool = False) -> dict:
+    """Train ``layers`` (in place) end to end from h0 to base's encoder output on ``run``'s
+    train windows (+ its ``recover_audio`` windows when ``mixed``); the KL term joins when
+    ``run.o.recover_kl > 0``. Returns the summary kept in the run's report."""
+    o = run.o
+    ids = run.train_ids + (run.extra_ids if mixed else [])
+    stack, t0 = LayerStack(layers, final), time.time()
+    before = relative_output_error(stack, run.states, run.heldout_ids, 0, run.n, frames=run.heldout_frames)
+    print(f"[encoder] {name}: recovery, {epochs} epochs end to end; held-out output error {before:.4f} "
+          "(speech frames)", file=sys.stderr, flush=True)
+    kl = None
+    if o.recover_kl > 0:
+        norm = run.base.model.encoder.layer_norm
+        texts = window_pseudo_labels(run.base, ids, run.languages, lambda c: norm(run.states.load(c, run.n)[0]),
+                                     run.work / "window_labels.json", progress=run.progress)
+        kl = DecoderKL(run.base, {i: texts[i] for i in ids}, run.languages, o.recover_kl)
+    cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
+    s = train_layer(stack, run.states, ids, 0, run.n, cfg, run.work / "recover" / f"{name}.ckpt",
+                    desc=f"recover {name}", progress=run.progress, params=stack.trainable_parameters(),
+                    target=stack.target, extra_loss=kl)
+    after = relative_output_error(stack, run.states, run.heldout_ids, 0, run.n, frames=run.heldout_frames)
+    print(f"[encoder] {name}: held-out output error {before:.4f} -> {after:.4f}", file=sys.stderr, flush=True)
+    audio = [f"fillets-{o.lang}:train", *o.train_audio] + (list(o.recover_audio) if mixed else [])
+    return s | {"epochs": epochs, "lr": o.recover_lr, "kl_weight": o.recover_kl, "seconds": round(time.time() - t0, 1),
+                "audio": audio, "windows": len(ids),
+                "heldout_speech_output_error_before": before, "heldout_speech_output_error": after}
+
+
+@torch.no_grad()
+def window_pseudo_labels(model: nn.Module, ids: Sequence[str], languages: Mapping[str, str | None],
+                         encoder_output: Callable[[list[str]], torch.Tensor], path: Path,
+                         batch_size: int = 8, progress: bool = True, max_new_tokens: int = 224) -> dict[str, str]:
+    """``model``'s greedy transcript of each window (``encoder_output(ids)`` gives its
+    encoder output [B, T, d]), decoded in the window's language; saved to ``path`` (json)
+    after every batch and completed on a rerun."""
+    from tqdm import tqdm
+
+    from mlx_bald.compress.greedy import greedy_transcribe
+
+    labels: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    by_language: dict[str | None, list[str]] = {}
+    for i in ids:
+        if i not in labels:
+            by_language.setdefault(languages[i], []).append(i)
+    chunks = [(lang, g[k:k + batch_size]) for lang, g in by_language.items() for k in range(0, len(g), batch_size)]
+    for lang, chunk in tqdm(chunks, desc="window pseudo-labels", file=sys.stderr, disable=not (chunks and progress)):
+        for i, text in zip(chunk, greedy_transcribe(model, encoder_output(chunk), lang, max_new_tokens)):
+            labels[i] = text
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
+        tmp.replace(path)
+    return labels
+
+
+class DecoderKL:
+    """``loss(ids, output, target)`` = weight * T^2 KL(p_decoder(target) || p_decoder(output)),
+    averaged over the transcript's tokens: the extra recovery loss for ``train_layer``
+    (``output``/``target``: compressed/original encoder outputs [B, T, d], after the final norm)."""
+
+    def __init__(self, model: nn.Module, texts: Mapping[str, str], languages: Mapping[str, str | None],
+                 weight: float = 1.0, temperature: float = 1.0, max_tokens: int = 224):
+        self.decoder, self.head = model.model.decoder, model.proj_out
+        for p in list(self.decoder.parameters()) + list(self.head.parameters()):
+            p.requires_grad_(False)
+        self.multilingual = model.config.vocab_size >= 51865
+        self.seqs = {i: token_sequence(texts[i], languages[i], self.multilingual, max_tokens) for i in texts}
+        self.weight, self.temperature = weight, temperature
+
+    def _tokens(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        from mlx_bald.compress.data import tokenizer
+
+        eot = tokenizer(self.multilingual).eot
+        width = max(len(self.seqs[i][0]) for i in ids) - 1
+        inputs = torch.full((len(ids), width), eot, dtype=torch.long)
+        labels = torch.full((len(ids), width), IGNORE, dtype=torch.long)
+        for row, i in enumerate(ids):
+            seq, n_prompt = self.seqs[i]
+            t = torch.tensor(seq)
+            inputs[row, :len(seq) - 1], labels[row, :len(seq) - 1] = t[:-1], t[1:]
+            labels[row, :n_prompt - 1] = IGNORE
+        return inputs, labels != IGNORE
+
+    def _logits(self, inputs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        self.decoder.eval()
+        hidden = self.decoder(input_ids=inputs, encoder_hidden_states=states, use_cache=False).last_hidden_state
+        return self.head(hidden).float() / self.temperature
+
+    def __call__(self, ids: Sequence[str], output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        inputs, mask = self._tokens(ids)
+        with torch.no_grad():
+            ref = self._logits(inputs, target)[mask].log_softmax(-1)
+        out = self._logits(inputs, output)[mask].log_softmax(-1)
+        kl = (ref.exp() * (ref - out)).sum(-1).mean()
+        return self.weight * kl * self.temperature ** 2

@@ -2,12 +2,13 @@
 decoder.
 
 ``recover_encoder`` trains the kept layers together from the cached first-layer input h0 to
-base's encoder output (after the frozen final norm). A plain MSE on the encoder output weighs every direction of every frame alike, while the
-decoder reads the output through its cross-attention only. Here the ORIGINAL model's
+base's encoder output (after the frozen final norm). A plain MSE on the encoder output weighs
+every direction of every frame alike, while the decoder reads the output through its
+cross-attention only. So, with ``recover_kl``, the ORIGINAL model's
 decoder runs teacher-forced on the original model's own greedy transcript of each window
 (no labels), once on the original encoder output and once on the compressed one, and the
-KL divergence between the two next-token distributions is added to the MSE
-(``recover_kl``), so the output is judged by what the decoder makes of it.
+KL divergence between the two next-token distributions is added to the MSE, so the output
+is judged by what the decoder makes of it.
 """
 from __future__ import annotations
 

@@ -97,9 +97,12 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
     return make_batches
 
 
-def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable[[str], torch.Tensor]) -> dict:
+def collate_tokens(chunk: Iterable[tuple[str, list[int], int]], multilingual: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(decoder_input_ids, labels) [B, T] of (id, token sequence, prompt length) rows: padded
+    with eot, labels shifted by one, the prompt's language/task tokens ignored."""
     chunk = list(chunk)
-    eot = tokenizer().eot
+    eot = tokenizer(multilingual).eot
     width = max(len(ids) for _, ids, _ in chunk) - 1
     inputs = torch.full((len(chunk), width), eot, dtype=torch.long)
     labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
@@ -108,6 +111,12 @@ def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable
         inputs[row, : len(ids) - 1] = t[:-1]
         labels[row, : len(ids) - 1] = t[1:]
         labels[row, : n_prompt - 1] = IGNORE  # language/task/notimestamps are given, not learned
+    return inputs, labels
+
+
+def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable[[str], torch.Tensor]) -> dict:
+    chunk = list(chunk)
+    inputs, labels = collate_tokens(chunk)
     states = torch.stack([encoder_state(cid) for cid, _, _ in chunk])
     return {"encoder_hidden_states": states, "decoder_input_ids": inputs, "labels": labels}
 

@@ -2,6 +2,11 @@
 dev-set check used inside the compression recipes (final numbers come from `mlx-bald eval`)."""
 from __future__ import annotations
 
+import json
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
 import torch
 
 from mlx_bald.compress.data import token_sequence, tokenizer
@@ -39,6 +44,32 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
         out = model(encoder_outputs=enc, decoder_input_ids=nxt[:, None], past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
     return [tok.decode(g).strip() for g in generated]
+
+
+@torch.no_grad()
+def greedy_pseudo_labels(model, ids: Sequence[str], languages: Mapping[str, str | None],
+                         encoder_output: Callable[[list[str]], torch.Tensor], path: Path, desc: str,
+                         batch_size: int = 8, max_new_tokens: int = 120, progress: bool = True) -> dict[str, str]:
+    """``model``'s own greedy transcript of each item in ``ids`` (``encoder_output(chunk)``
+    gives their encoder states [B, S, d]), decoded in the item's language (one language per
+    batch: it is the decoding prompt). Saved to ``path`` (json) after every batch, so a rerun
+    completes what is missing and redoes nothing."""
+    from tqdm import tqdm
+
+    labels: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    by_language: dict[str | None, list[str]] = {}
+    for i in ids:
+        if i not in labels:
+            by_language.setdefault(languages[i], []).append(i)
+    chunks = [(lang, g[k:k + batch_size]) for lang, g in by_language.items() for k in range(0, len(g), batch_size)]
+    for lang, chunk in tqdm(chunks, desc=desc, file=sys.stderr, disable=not (chunks and progress)):
+        for i, text in zip(chunk, greedy_transcribe(model, encoder_output(chunk), lang, max_new_tokens)):
+            labels[i] = text
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
+        tmp.replace(path)
+    return labels
 
 
 def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120) -> float:

@@ -29,7 +29,7 @@ from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, se
                                     subset)
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
-from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_transcribe
+from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
 from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.spec import CompressionSpec, MergeGroup
@@ -138,23 +138,10 @@ class _Run:
 def _pseudo_labels(run: _Run) -> dict[str, str]:
     """The original base's own greedy transcripts of the training audio (no labels used),
     in each clip's language; saved after every batch and completed on a rerun."""
-    from tqdm import tqdm
-
-    path = run.work / "pseudo_labels.json"
-    labels: dict[str, str] = json.loads(path.read_text()) if path.exists() else {}
-    by_language: dict[str, list] = {}  # one language per batch: it is the decoding prompt
-    for c in run.train:
-        if c.id not in labels:
-            by_language.setdefault(c.language, []).append(c)
-    chunks = [group[i:i + 8] for group in by_language.values() for i in range(0, len(group), 8)]
-    for chunk in tqdm(chunks, desc="pseudo-labels", file=sys.stderr, disable=not chunks):
-        states = torch.stack([load_cached_encoder_output(run.cache_of[c.id], c.id) for c in chunk])
-        for c, text in zip(chunk, greedy_transcribe(run.base, states, chunk[0].language)):
-            labels[c.id] = text
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
-        tmp.replace(path)
-    return labels
+    return greedy_pseudo_labels(
+        run.base, [c.id for c in run.train], {c.id: c.language for c in run.train},
+        lambda chunk: torch.stack([load_cached_encoder_output(run.cache_of[i], i) for i in chunk]),
+        run.work / "pseudo_labels.json", "pseudo-labels")
 
 
 def _teacher(run: _Run):

@@ -12,17 +12,17 @@ is judged by what the decoder makes of it.
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from mlx_bald.compress.data import IGNORE, token_sequence
+from mlx_bald.compress.data import IGNORE, collate_tokens, token_sequence
+from mlx_bald.compress.distill import kd_kl_loss
+from mlx_bald.compress.greedy import greedy_pseudo_labels
 from mlx_bald.compress.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
 
 if TYPE_CHECKING:
@@ -43,8 +43,10 @@ def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Mo
     kl = None
     if o.recover_kl > 0:
         norm = run.base.model.encoder.layer_norm
-        texts = window_pseudo_labels(run.base, ids, run.languages, lambda c: norm(run.states.load(c, run.n)[0]),
-                                     run.work / "window_labels.json", progress=run.progress)
+        # base's greedy transcript of each window (up to 224 tokens), made once per work folder
+        texts = greedy_pseudo_labels(run.base, ids, run.languages, lambda c: norm(run.states.load(c, run.n)[0]),
+                                     run.work / "window_labels.json", "window pseudo-labels",
+                                     max_new_tokens=224, progress=run.progress)
         kl = DecoderKL(run.base, {i: texts[i] for i in ids}, run.languages, o.recover_kl)
     cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
     s = train_layer(stack, run.states, ids, 0, run.n, cfg, run.work / "recover" / f"{name}.ckpt",
@@ -56,33 +58,6 @@ def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Mo
     return s | {"epochs": epochs, "lr": o.recover_lr, "kl_weight": o.recover_kl, "seconds": round(time.time() - t0, 1),
                 "audio": audio, "windows": len(ids),
                 "heldout_speech_output_error_before": before, "heldout_speech_output_error": after}
-
-
-@torch.no_grad()
-def window_pseudo_labels(model: nn.Module, ids: Sequence[str], languages: Mapping[str, str | None],
-                         encoder_output: Callable[[list[str]], torch.Tensor], path: Path,
-                         batch_size: int = 8, progress: bool = True, max_new_tokens: int = 224) -> dict[str, str]:
-    """``model``'s greedy transcript of each window (``encoder_output(ids)`` gives its
-    encoder output [B, T, d]), decoded in the window's language; saved to ``path`` (json)
-    after every batch and completed on a rerun."""
-    from tqdm import tqdm
-
-    from mlx_bald.compress.greedy import greedy_transcribe
-
-    labels: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
-    by_language: dict[str | None, list[str]] = {}
-    for i in ids:
-        if i not in labels:
-            by_language.setdefault(languages[i], []).append(i)
-    chunks = [(lang, g[k:k + batch_size]) for lang, g in by_language.items() for k in range(0, len(g), batch_size)]
-    for lang, chunk in tqdm(chunks, desc="window pseudo-labels", file=sys.stderr, disable=not (chunks and progress)):
-        for i, text in zip(chunk, greedy_transcribe(model, encoder_output(chunk), lang, max_new_tokens)):
-            labels[i] = text
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(labels, ensure_ascii=False, indent=1))
-        tmp.replace(path)
-    return labels
 
 
 class DecoderKL:
@@ -100,28 +75,16 @@ class DecoderKL:
         self.weight, self.temperature = weight, temperature
 
     def _tokens(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        from mlx_bald.compress.data import tokenizer
-
-        eot = tokenizer(self.multilingual).eot
-        width = max(len(self.seqs[i][0]) for i in ids) - 1
-        inputs = torch.full((len(ids), width), eot, dtype=torch.long)
-        labels = torch.full((len(ids), width), IGNORE, dtype=torch.long)
-        for row, i in enumerate(ids):
-            seq, n_prompt = self.seqs[i]
-            t = torch.tensor(seq)
-            inputs[row, :len(seq) - 1], labels[row, :len(seq) - 1] = t[:-1], t[1:]
-            labels[row, :n_prompt - 1] = IGNORE
+        inputs, labels = collate_tokens(((i, *self.seqs[i]) for i in ids), self.multilingual)
         return inputs, labels != IGNORE
 
     def _logits(self, inputs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
         self.decoder.eval()
         hidden = self.decoder(input_ids=inputs, encoder_hidden_states=states, use_cache=False).last_hidden_state
-        return self.head(hidden).float() / self.temperature
+        return self.head(hidden).float()
 
     def __call__(self, ids: Sequence[str], output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         inputs, mask = self._tokens(ids)
         with torch.no_grad():
-            ref = self._logits(inputs, target)[mask].log_softmax(-1)
-        out = self._logits(inputs, output)[mask].log_softmax(-1)
-        kl = (ref.exp() * (ref - out)).sum(-1).mean()
-        return self.weight * kl * self.temperature ** 2
+            ref = self._logits(inputs, target)[mask]
+        return self.weight * kd_kl_loss(self._logits(inputs, output)[mask], ref, temperature=self.temperature)

@@ -1,6 +1,10 @@
 """Corpus WER on real speech. Normalisers: Whisper's English normaliser (with its
 British->American spelling map, from the ``whisper-normalizer`` package) for English;
-Whisper's basic normaliser (lowercase, punctuation and symbols removed) for other languages."""
+Whisper's basic normaliser (lowercase, punctuation and symbols removed) for other languages.
+
+Decoding: ``greedy`` (temperature 0, the paper tables' setting) or ``fallback`` (how
+``mlx-bald transcribe`` decodes by default: a looping or unlikely hypothesis is re-decoded at
+rising temperatures; seeded per clip, so a run is reproducible)."""
 from __future__ import annotations
 
 import sys
@@ -35,6 +39,7 @@ class EvalResult:
     model: str
     set: str
     engine: str
+    decode: str
     normalizer: str
     wer: float
     n_clips: int
@@ -46,8 +51,11 @@ class EvalResult:
         return asdict(self)
 
 
+DECODES = ("greedy", "fallback")
+
+
 def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None = None,
-             progress: bool = True, language: str | None = None) -> EvalResult:
+             progress: bool = True, language: str | None = None, decode: str = "greedy") -> EvalResult:
     from tqdm import tqdm
 
     from mlx_bald.data import load_set
@@ -57,11 +65,16 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         raise MlxBaldError(f"{set_spec!r} is synthetic speech, for training only: WER is reported on real speech")
     if set_spec.startswith("folder-"):
         raise MlxBaldError(f"{set_spec!r} is unlabelled audio, for training only: it has no references for a WER")
+    if decode not in DECODES:
+        raise MlxBaldError(f"unknown decode {decode!r} (one of {', '.join(DECODES)})")
+    fallback = decode == "fallback"
     clips = load_set(set_spec)[: limit or None]
     if not clips:
         raise MlxBaldError(f"set {set_spec!r} has no clips")
     lang = language or clips[0].language
     if engine == "mlx":
+        import mlx.core as mx
+
         from mlx_bald.transcribe import get_model, transcribe
 
         m = get_model(model)
@@ -70,22 +83,25 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
             raise MlxBaldError(f"{model} is English-only; it cannot be evaluated on {lang!r}")
 
         def run(clip):
+            # fallback: mlx-whisper's defaults (temperatures 0..1 by 0.2, compression ratio 2.4, log-prob -1)
+            mx.random.seed(0)
+            options = {} if fallback else {"temperature": 0.0}
             return transcribe(clip.audio, model, language=lang if m.is_multilingual else None,
-                              temperature=0.0, condition_on_previous_text=False)["text"]
+                              condition_on_previous_text=False, **options)["text"]
     elif engine == "torch":
         from mlx_bald.torch_ref import transcribe_torch
 
         def run(clip):
-            return transcribe_torch(clip.audio, model, language=lang)
+            return transcribe_torch(clip.audio, model, language=lang, fallback=fallback)
     else:
         raise ValueError(f"unknown engine {engine!r} (mlx or torch)")
     rows, t0 = [], time.perf_counter()
-    for clip in tqdm(clips, desc=f"{engine} {model} on {set_spec}", disable=not progress,
+    for clip in tqdm(clips, desc=f"{engine} {decode} {model} on {set_spec}", disable=not progress,
                      file=sys.stderr, unit="clip"):
         rows.append({"id": clip.id, "reference": clip.text, "hypothesis": run(clip).strip(),
                      "seconds": round(clip.seconds, 3)})
     wall = time.perf_counter() - t0
     wer, norm = corpus_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], lang)
-    return EvalResult(model=str(model), set=set_spec, engine=engine, normalizer=norm, wer=round(wer, 2),
-                      n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),
+    return EvalResult(model=str(model), set=set_spec, engine=engine, decode=decode, normalizer=norm,
+                      wer=round(wer, 2), n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),
                       wall_seconds=round(wall, 2), rows=rows)

@@ -1,12 +1,18 @@
-"""The PyTorch reference engine (transformers' Whisper): greedy transcription of clips up to
-30 s, for accuracy comparisons against MLX and as the compressor's teacher. Needs the
-[compress] extra; the MLX runtime never imports this module."""
+"""The PyTorch reference engine (transformers' Whisper): transcription of clips up to 30 s
+(greedy, or with transformers' temperature fallback), for accuracy comparisons against MLX and
+as the compressor's teacher. Needs the [compress] extra; the MLX runtime never imports this module."""
 from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+# transformers measures the compression ratio on token ids, not on text as openai-whisper's 2.4
+# does; 1.35 is the value its generate() documentation recommends for that measure
+TORCH_COMPRESSION_RATIO_THRESHOLD = 1.35
+LOGPROB_THRESHOLD = -1.0
 
 
 @lru_cache(maxsize=4)
@@ -35,7 +41,10 @@ def load_torch_model(name_or_path: str):
 
 
 def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: str | None = "en",
-                     max_new_tokens: int = 200) -> str:
+                     max_new_tokens: int = 200, fallback: bool = False, seed: int = 0) -> str:
+    """Greedy transcript of the first 30 s; with ``fallback``, a hypothesis that repeats itself
+    (compression ratio) or is unlikely (mean log-prob) is re-decoded by sampling at rising
+    temperatures, as Whisper's own transcribe does (seeded, so a run is reproducible)."""
     import torch
     from transformers import WhisperFeatureExtractor
     from mlx_whisper.tokenizer import get_tokenizer
@@ -45,6 +54,10 @@ def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: s
     feats = fe(audio[: 30 * 16000], sampling_rate=16000, return_tensors="pt").input_features
     multilingual = m.config.vocab_size >= 51865
     kwargs = {"language": language, "task": "transcribe"} if multilingual and language else {}
+    if fallback:
+        torch.manual_seed(seed)
+        kwargs |= {"temperature": FALLBACK_TEMPERATURES, "logprob_threshold": LOGPROB_THRESHOLD,
+                   "compression_ratio_threshold": TORCH_COMPRESSION_RATIO_THRESHOLD}
     with torch.no_grad():
         out = m.generate(feats, max_new_tokens=max_new_tokens, **kwargs)
     tok = get_tokenizer(multilingual, num_languages=m.config.vocab_size - 51765 - int(multilingual))

@@ -89,6 +89,31 @@ def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_
     assert first_ids == [b["decoder_input_ids"][:, -1].tolist() for b in make(0)]
 
 
+def test_resumed_batch_stream_skips_without_loading(tmp_path, monkeypatch):
+    from mlx_bald.compress import distill
+    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.compress.distill import _cycle
+    from mlx_bald.data.clips import Clip
+
+    clips = [Clip(id=f"c{i}", path=tmp_path / "none.ogg", text="ahoj " * (1 + i % 5), language="cs")
+             for i in range(10)]
+    cache_encoder_outputs(tiny_model(), [(c.id, features(batch=1, seed=i)[0]) for i, c in enumerate(clips)],
+                          tmp_path, progress=False)
+    loads, real = [], distill.load_cached_encoder_output
+    monkeypatch.setattr(distill, "load_cached_encoder_output", lambda f, cid: loads.append(cid) or real(f, cid))
+    make = batches_from_cache(clips, tmp_path, batch_size=4, seed=1)  # 3 batches an epoch
+    straight = _cycle(make)
+    want = [next(straight) for _ in range(7)][4:]
+    loads.clear()
+    resumed = _cycle(make, skip=4)  # resume in epoch 1, after its first batch
+    got = [next(resumed) for _ in range(3)]
+    assert [e for e, _ in got] == [1, 1, 2]
+    for (_, a), (_, b) in zip(want, got):
+        assert torch.equal(a["decoder_input_ids"], b["decoder_input_ids"])
+        assert torch.equal(a["encoder_hidden_states"], b["encoder_hidden_states"])
+    assert len(loads) == sum(b["decoder_input_ids"].shape[0] for _, b in got)  # skipped batches: never loaded
+
+
 def _unsorted(clips, cache):
     import random
 

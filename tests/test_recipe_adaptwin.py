@@ -24,6 +24,7 @@ from mlx_bald.compress.layer_cache import HiddenStates, LayerTrainConfig, pack_w
 from mlx_bald.compress.recipe_adaptwin import EncoderOptions, EncoderRun, run_encoder, select_layers  # noqa: E402
 from mlx_bald.compress.recipe_combine import combine  # noqa: E402
 from mlx_bald.compress.recipe_prune import bridge_plan  # noqa: E402
+from mlx_bald.errors import MlxBaldError  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup  # noqa: E402
 
 
@@ -165,11 +166,18 @@ def test_layer_training_resumes_exactly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(states, "load", failing_load)
     ckpt = tmp_path / "layer.ckpt"
+    meta = {"kl_weight": 0.0}
     with pytest.raises(KeyboardInterrupt):
-        train_layer(copy.deepcopy(base.model.encoder.layers[1]), states, ids, 1, 2, cfg, ckpt, progress=False)
+        train_layer(copy.deepcopy(base.model.encoder.layers[1]), states, ids, 1, 2, cfg, ckpt, progress=False,
+                    meta=meta)
     monkeypatch.setattr(states, "load", real_load)
+    saved = ckpt.read_bytes()
+    with pytest.raises(MlxBaldError, match="kl_weight"):  # another loss must not continue this one
+        train_layer(copy.deepcopy(base.model.encoder.layers[1]), states, ids, 1, 2, cfg, ckpt, progress=False,
+                    meta={"kl_weight": 1.0})
+    assert ckpt.read_bytes() == saved
     resumed = copy.deepcopy(base.model.encoder.layers[1])
-    stats = train_layer(resumed, states, ids, 1, 2, cfg, ckpt, progress=False)
+    stats = train_layer(resumed, states, ids, 1, 2, cfg, ckpt, progress=False, meta=meta)
     assert stats["steps"] == 6
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)

@@ -3,7 +3,7 @@ sequences in Whisper's prompt format, cached encoder states, shuffled padded bat
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -65,9 +65,23 @@ def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip
     return out
 
 
+class EpochBatches(Sequence[dict]):
+    """One epoch's batches, each collated (its encoder states loaded) only when indexed, so a
+    resumed training run skips the batches before its resume point without building them."""
+
+    def __init__(self, chunks: list, make: Callable[[object], dict]):
+        self._chunks, self._make = chunks, make
+
+    def __len__(self) -> int:
+        return len(self._chunks)
+
+    def __getitem__(self, i: int) -> dict:  # type: ignore[override]
+        return self._make(self._chunks[i])
+
+
 def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batch_size: int = 8, seed: int = 0,
                        texts: dict[str, str] | None = None, multilingual: bool = True,
-                       max_tokens: int = 120) -> Callable[[int], Iterator[dict]]:
+                       max_tokens: int = 120) -> Callable[[int], EpochBatches]:
     """``make_batches(epoch)`` for distill.train_decoder: shuffled by (seed, epoch), padded.
     ``texts`` overrides the reference text per clip id (e.g. teacher pseudo-labels).
     ``cache``: one folder, or {clip id: folder} for clips from several sets."""
@@ -80,7 +94,7 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
         ids, n_prompt = token_sequence((texts or {}).get(c.id, c.text), c.language, multilingual, max_tokens)
         seqs.append((c.id, ids, n_prompt))
 
-    def make_batches(epoch: int) -> Iterator[dict]:
+    def make_batches(epoch: int) -> EpochBatches:
         # Shuffle, then sort by length inside pools of 16 batches, so a batch pads to a
         # similar length (the vocabulary projection runs over every padded position).
         rng = random.Random(seed * 1000 + epoch)
@@ -92,8 +106,8 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
             ranked = sorted(order[p:p + pool], key=lambda i: len(seqs[i][1]))
             chunks += [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
         rng.shuffle(chunks)
-        for chunk in chunks:
-            yield collate([seqs[i] for i in chunk], lambda cid: load_cached_encoder_output(folder(cid), cid))
+        return EpochBatches(chunks, lambda chunk: collate([seqs[i] for i in chunk],
+                                                          lambda cid: load_cached_encoder_output(folder(cid), cid)))
     return make_batches
 
 

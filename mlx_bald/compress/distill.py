@@ -13,7 +13,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -173,15 +173,29 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _cycle(make_batches: Callable[[int], Iterable[dict]]) -> Iterator[tuple[int, dict]]:
+def _cycle(make_batches: Callable[[int], Iterable[dict]], skip: int = 0) -> Iterator[tuple[int, dict]]:
+    """Endless (epoch, batch) stream that starts after ``skip`` batches: an epoch given as a
+    Sequence is skipped by index (nothing built); any other iterable is replayed."""
     epoch = 0
     while True:
-        empty = True
-        for b in make_batches(epoch):
-            empty = False
-            yield epoch, b
-        if empty:
-            raise ValueError("the batch source yielded nothing")
+        batches = make_batches(epoch)
+        if isinstance(batches, Sequence):
+            if not len(batches):
+                raise ValueError("the batch source yielded nothing")
+            start = min(skip, len(batches))
+            skip -= start
+            for i in range(start, len(batches)):
+                yield epoch, batches[i]
+        else:
+            empty = True
+            for b in batches:
+                empty = False
+                if skip:
+                    skip -= 1
+                    continue
+                yield epoch, b
+            if empty:
+                raise ValueError("the batch source yielded nothing")
         epoch += 1
 
 
@@ -239,9 +253,7 @@ def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable
 
     student.train()
     recent: list[dict[str, float]] = []
-    batches = _cycle(make_batches)
-    for _ in range(skip):  # replay the data order up to the resume point
-        next(batches)
+    batches = _cycle(make_batches, skip)  # the same data order as an uninterrupted run
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress)
     while step < cfg.steps:
         _, batch = next(batches)

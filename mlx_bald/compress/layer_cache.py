@@ -172,17 +172,19 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
                 cfg: LayerTrainConfig, ckpt: str | os.PathLike | None = None, desc: str = "layer",
                 progress: bool = True, params: Sequence[nn.Parameter] | None = None,
                 target: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                extra_loss: Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor] | None = None
-                ) -> dict[str, float]:
+                extra_loss: Callable[[list[str], torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                meta: Mapping[str, object] | None = None) -> dict[str, float]:
     """Train ``layer`` (all its parameters, spectral and LoRA alike) so that
     layer(h_src) ~ h_dst in MSE over clips ``ids``. ``dst = src + 1`` is AdaPTwin's layer-wise
     fine-tuning; ``dst > src + 1`` trains a bridge across removed layers. ``params`` (default
     all) are the ones trained; ``target`` maps the cached h_dst to the layer's output space
     (recovery: a whole ``LayerStack`` ending in its frozen final norm); ``extra_loss(batch ids,
     output, target)`` is added to the MSE (e.g. ``recovery.DecoderKL``). With ``ckpt`` the
-    state is saved every ``cfg.checkpoint_every`` steps and a rerun resumes from it.
-    Returns {"loss_first_epoch", "loss_last_epoch", "steps"} (mean loss per epoch: the MSE,
-    plus ``extra_loss`` when given)."""
+    state is saved every ``cfg.checkpoint_every`` steps and a rerun resumes from it; ``meta``
+    (what else defines the loss, e.g. the KL weight) is saved with it, and resuming a checkpoint
+    saved with other ``meta`` is refused rather than silently mixing two runs. Returns
+    {"loss_first_epoch", "loss_last_epoch", "steps"} (mean loss per epoch: the MSE, plus
+    ``extra_loss`` when given)."""
     from tqdm.auto import tqdm
 
     if not ids:
@@ -199,6 +201,10 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
     path = Path(ckpt) if ckpt is not None else None
     if path is not None and path.is_file():
         state = torch.load(path, map_location="cpu", weights_only=False)
+        if meta is not None and state.get("meta", meta) != dict(meta):
+            from mlx_bald.errors import MlxBaldError
+            raise MlxBaldError(f"checkpoint {path} was saved by a run with {state['meta']}, not {dict(meta)}: "
+                               "use another --out folder, or delete the checkpoint to start over")
         layer.load_state_dict(state["layer"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
@@ -210,7 +216,8 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
         torch.save({"layer": layer.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "sums": sums, "config": asdict(cfg), "src": src, "dst": dst}, tmp)
+                    "step": step, "sums": sums, "config": asdict(cfg), "src": src, "dst": dst,
+                    "meta": dict(meta or {})}, tmp)
         tmp.replace(path)
 
     layer.train()

@@ -51,7 +51,7 @@ def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Mo
     cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
     s = train_layer(stack, run.states, ids, 0, run.n, cfg, run.work / "recover" / f"{name}.ckpt",
                     desc=f"recover {name}", progress=run.progress, params=stack.trainable_parameters(),
-                    target=stack.target, extra_loss=kl)
+                    target=stack.target, extra_loss=kl, meta={"kl_weight": o.recover_kl, "mixed": mixed})
     after = relative_output_error(stack, run.states, run.heldout_ids, 0, run.n, frames=run.heldout_frames)
     print(f"[encoder] {name}: held-out output error {before:.4f} -> {after:.4f}", file=sys.stderr, flush=True)
     audio = [f"fillets-{o.lang}:train", *o.train_audio] + (list(o.recover_audio) if mixed else [])

@@ -258,3 +258,21 @@ def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):
             assert torch.equal(p, q), name
     none = _merge_spec(BaldOptions(out=tmp_path, groups=[]), [], n_layers=4)
     assert none.decoder_merge == [] and none.recipe == ["bald"]
+
+
+def test_a_rerun_with_more_steps_continues_a_stage_and_fewer_is_refused(tmp_path):
+    from mlx_bald.compress.recipe_bald import _must_train
+    from mlx_bald.errors import MlxBaldError
+
+    folder, ckpt = tmp_path / "student", tmp_path / "embed-ckpt"
+    assert _must_train(folder, ckpt, 10, "--embed-steps")  # nothing saved yet
+    folder.mkdir()
+    (folder / "model.safetensors").write_bytes(b"saved")
+    ckpt.mkdir()
+    torch.save({"step": 10}, ckpt / "distill_checkpoint.pt")
+    assert not _must_train(folder, ckpt, 10, "--embed-steps")  # done as asked
+    assert _must_train(folder, ckpt, 20, "--embed-steps")  # more steps: continue from step 10
+    with pytest.raises(MlxBaldError, match="trained for 10 steps; --embed-steps 5 is fewer"):
+        _must_train(folder, ckpt, 5, "--embed-steps")
+    with pytest.raises(MlxBaldError, match="stale"):  # a later stage was built on this one
+        _must_train(folder, ckpt, 20, "--merge-steps", can_continue=False)

@@ -216,7 +216,8 @@ def run_bald(o: BaldOptions) -> Path:
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
     merged_dir = run.work / "merged"
-    if spec.decoder_merge and not (merged_dir / "model.safetensors").exists():
+    if spec.decoder_merge and _must_train(merged_dir, run.work / "merged-ckpt", o.merge_steps, "--merge-steps",
+                                          can_continue=not (Path(o.out) / "student" / "model.safetensors").exists()):
         _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
         student = apply_spec(copy.deepcopy(teacher), spec)
         train_decoder(student, teacher, run.batches(texts, 2), run.student_cfg(o.merge_steps, spec),
@@ -227,7 +228,7 @@ def run_bald(o: BaldOptions) -> Path:
     from mlx_bald.compress.model import load_compressed
 
     final = Path(o.out) / "student"
-    if not (final / "model.safetensors").exists():
+    if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps"):
         # embedding only: the student starts as the teacher
         student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)
         _log(f"rank-{o.embedding_rank} embedding ({o.embed_init} init): {o.embed_steps} steps with feature distillation")
@@ -249,9 +250,26 @@ def run_bald(o: BaldOptions) -> Path:
                       run.work / "embed-ckpt")
         save_compressed(student, spec, final)
         run.save_report(student={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
-                                 "spec": spec.to_dict()})
+                                 "steps": o.embed_steps, "spec": spec.to_dict()})
     _final_table(run, teacher, final)
     return final
+
+
+def _must_train(folder: Path, ckpt_dir: Path, steps: int, flag: str, can_continue: bool = True) -> bool:
+    """Whether a stage (re)enters training: its model is not saved yet, or a rerun asks for
+    more steps than its checkpoint holds (training then continues from it, when nothing built
+    on the stage's result would go stale). Fewer steps than done is refused, not ignored."""
+    if not (folder / "model.safetensors").exists():
+        return True
+    ckpt = ckpt_dir / "distill_checkpoint.pt"
+    done = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"] if ckpt.is_file() else steps
+    if done == steps:
+        return False
+    if done < steps and can_continue:
+        return True
+    raise MlxBaldError(f"{folder} was trained for {done} steps; {flag} {steps} "
+                       + ("is fewer" if done > steps else "would leave the later stages built on it stale")
+                       + ": rerun with the same value, or use a new --out")
 
 
 def _final_table(run: _Run, teacher, final: Path) -> None:

@@ -83,7 +83,8 @@ def register(sub) -> argparse.ArgumentParser:
                         "weighted by the data (the head's input second moment, token probabilities and frequencies)")
     p.add_argument("--teacher-steps", type=int, default=300)
     p.add_argument("--merge-steps", type=int, default=1400, help="training steps of the merged student")
-    p.add_argument("--embed-steps", type=int, default=1200, help="training steps of the low-rank embedding stage (a rerun on the same --out with "
+    p.add_argument("--embed-steps", type=int, default=1200,
+                   help="training steps of the low-rank embedding stage (a rerun on the same --out with "
                         "more steps continues the finished stage from its checkpoint)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=64,

@@ -215,9 +215,9 @@ def run_bald(o: BaldOptions) -> Path:
                   "student": "general" if o.general else f"specialised-{o.lang}", "seed": o.seed,
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
-    merged_dir = run.work / "merged"
+    merged_dir, final = run.work / "merged", Path(o.out) / "student"
     if spec.decoder_merge and _must_train(merged_dir, run.work / "merged-ckpt", o.merge_steps, "--merge-steps",
-                                          can_continue=not (Path(o.out) / "student" / "model.safetensors").exists()):
+                                          can_continue=not (final / "model.safetensors").exists()):
         _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
         student = apply_spec(copy.deepcopy(teacher), spec)
         train_decoder(student, teacher, run.batches(texts, 2), run.student_cfg(o.merge_steps, spec),
@@ -227,7 +227,6 @@ def run_bald(o: BaldOptions) -> Path:
                                 "alphas": alphas})
     from mlx_bald.compress.model import load_compressed
 
-    final = Path(o.out) / "student"
     if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps"):
         # embedding only: the student starts as the teacher
         student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)

@@ -55,7 +55,10 @@ DECODES = ("greedy", "fallback")
 
 
 def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None = None,
-             progress: bool = True, language: str | None = None, decode: str = "greedy") -> EvalResult:
+             progress: bool = True, language: str | None = None, decode: str = "greedy",
+             audio_column: str | None = None, text_column: str | None = None) -> EvalResult:
+    """Corpus WER of ``model`` on ``set_spec`` (any ``load_set`` spec). ``language``, ``audio_column``
+    and ``text_column`` go to ``load_set``: they describe a user's manifest or dataset."""
     from tqdm import tqdm
 
     from mlx_bald.data import load_set
@@ -68,10 +71,15 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
     if decode not in DECODES:
         raise MlxBaldError(f"unknown decode {decode!r} (one of {', '.join(DECODES)})")
     fallback = decode == "fallback"
-    clips = load_set(set_spec)[: limit or None]
+    clips = load_set(set_spec, audio_column=audio_column, text_column=text_column, language=language)
+    clips = clips[: limit or None]
     if not clips:
         raise MlxBaldError(f"set {set_spec!r} has no clips")
-    lang = language or clips[0].language
+    languages = sorted({c.language for c in clips})
+    if len(languages) > 1:
+        raise MlxBaldError(f"set {set_spec!r} mixes languages ({', '.join(languages)}): a WER is per "
+                           "language, so evaluate one language at a time")
+    lang = languages[0]
     if engine == "mlx":
         import mlx.core as mx
 

@@ -8,13 +8,25 @@ import sys
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
-        "eval", help="WER of a model on a real speech set",
+        "eval", help="WER of a model on a real speech set (built in, or your own labelled data)",
         description="Transcribe a set of real speech and print corpus WER. Decoding is greedy "
                     "(temperature 0) unless --decode fallback. English uses Whisper's English "
                     "normaliser; other languages Whisper's basic normaliser (lowercase, punctuation removed).")
     p.add_argument("--model", default=None, help="model name or folder (default: the default model)")
-    p.add_argument("--set", dest="set_spec", default="librivox",
-                   help="librivox | fillets-<lang>[:train|dev|test], e.g. fillets-cs:test (default: librivox)")
+    p.add_argument("--set", dest="set_spec", default="librivox", metavar="SET",
+                   help="librivox | fillets-<lang>[:train|dev|test] (e.g. fillets-cs:test) | "
+                        "asterisk-<lang>[:train|dev|test] (en, es, fr, ru; e.g. asterisk-en:test) | your "
+                        "labelled data: a manifest PATH.jsonl or PATH.csv (columns audio, text, optional "
+                        "language), an audiofolder or save_to_disk folder PATH[:split], or a Hugging Face "
+                        "hub dataset hf:NAME[:CONFIG]:SPLIT (needs internet; e.g. "
+                        "hf:mozilla-foundation/common_voice_17_0:cs:test) (default: librivox)")
+    p.add_argument("--audio-column", default=None,
+                   help="your data's audio column (default: audio; file_name in an audiofolder's metadata)")
+    p.add_argument("--text-column", default=None,
+                   help="your data's transcript column (default: the first of text, sentence, transcription)")
+    p.add_argument("--language", default=None,
+                   help="the language of your data where it has no language/locale column (a Whisper "
+                        "code such as en or cs, or its name)")
     p.add_argument("--engine", choices=["mlx", "torch"], default="mlx",
                    help="mlx (the runtime) or torch (transformers reference)")
     p.add_argument("--decode", choices=["greedy", "fallback"], default="greedy",
@@ -33,7 +45,8 @@ def run(args) -> int:
     from mlx_bald.hub import default_model
 
     r = evaluate(args.model or default_model(), args.set_spec, args.engine, args.limit,
-                 progress=sys.stderr.isatty(), decode=args.decode)
+                 progress=sys.stderr.isatty(), decode=args.decode, language=args.language,
+                 audio_column=args.audio_column, text_column=args.text_column)
     if args.json:
         d = r.to_dict()
         if not args.show:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -10,7 +11,8 @@ def register(sub) -> argparse.ArgumentParser:
                                    "folders) and real speech sets into $MLX_BALD_CACHE, so later "
                                    "runs work offline. Prints the paths.")
     p.add_argument("items", nargs="+", metavar="ITEM",
-                   help="model name (whisper-base, whisper-tiny.en) or set (librivox, fillets-cs)")
+                   help="model name (whisper-base, whisper-tiny.en) or set (librivox, fillets-<lang>, "
+                        "asterisk-<lang> with lang en, es, fr or ru)")
     p.add_argument("--format", choices=["mlx", "hf", "both"], default="both",
                    help="model folder formats to prepare (default: both)")
     return p
@@ -21,9 +23,10 @@ def run(args) -> int:
     from mlx_bald.hub import resolve_model
 
     for item in args.items:
-        if item == "librivox" or item.startswith("fillets-"):
+        if item == "librivox" or item.startswith(("fillets-", "asterisk-")):
             clips = load_set(item)
-            print(f"{item}: {len(clips)} clips in {clips[0].path.parent.parent if clips else '?'}")
+            where = os.path.commonpath([c.path for c in clips]) if clips else "?"
+            print(f"{item}: {len(clips)} clips in {where}")
             continue
         fmts = ["mlx", "hf"] if args.format == "both" else [args.format]
         for fmt in fmts:

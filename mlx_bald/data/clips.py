@@ -15,6 +15,7 @@ class Clip:
     language: str  # ISO code, e.g. "en", "cs"
     group: str = ""  # speaker/level/chapter: the unit splits are made of
     translation: str | None = None  # English reference where the set has one
+    data: bytes | None = field(default=None, repr=False, compare=False)  # the file's bytes (dataset rows)
     _audio: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -23,7 +24,7 @@ class Clip:
         if self._audio is None:
             from mlx_bald.audio import load_audio
 
-            self._audio = load_audio(self.path)
+            self._audio = load_audio(self.path) if self.data is None else load_audio(self.data, str(self.path))
         return self._audio
 
     @property

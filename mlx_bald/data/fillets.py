@@ -11,26 +11,20 @@ is fixed here and language-independent: sha1(level) % 10 == 0 -> test, == 1 -> d
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from pathlib import Path
 
 from mlx_bald.data.clips import Clip
+from mlx_bald.data.splits import check_split, split_of
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.fetch import apt_fetch, extract_deb
 from mlx_bald.fsutil import atomic_dir
 from mlx_bald.paths import data_dir
 
-SPLITS = ("train", "dev", "test")
 _ROOT = "usr/share/games/fillets-ng/"
 _PAIR = re.compile(
     r'dialogId\(\s*"((?:[^"\\]|\\.)*)"\s*,\s*"(?:[^"\\]|\\.)*"\s*,\s*"((?:[^"\\]|\\.)*)"\s*\)\s*'
     r'dialogStr\(\s*"((?:[^"\\]|\\.)*)"\s*\)', re.S)
-
-
-def split_of(level: str) -> str:
-    bucket = int(hashlib.sha1(level.encode()).hexdigest(), 16) % 10
-    return "test" if bucket == 0 else "dev" if bucket == 1 else "train"
 
 
 def _unescape(s: str) -> str:
@@ -65,8 +59,7 @@ def _has_samples(path: Path) -> bool:
 
 def load_fillets(lang: str, split: str | None = None) -> list[Clip]:
     """All clips with both audio and a ``lang`` transcript, optionally one split, sorted by id."""
-    if split is not None and split not in SPLITS:
-        raise MlxBaldError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    check_split(split)
     root = fillets_dir(lang)
     clips: list[Clip] = []
     for script in sorted((root / "script").glob(f"*/*dialogs_{lang}.lua")):

@@ -133,7 +133,7 @@ def test_cross_attention_kv_frozen_by_default_and_teacher_skipped_without_kd():
     kv = student.model.decoder.layers[0].encoder_attn.k_proj.weight.clone()
     q = student.model.decoder.layers[0].encoder_attn.q_proj.weight.clone()
     calls = []
-    teacher.register_forward_hook(lambda *a: calls.append(1))
+    teacher.model.register_forward_hook(lambda *a: calls.append(1))
     batch = {"input_features": features(seed=1), "decoder_input_ids": tokens(seed=2)}
     batch["labels"] = batch["decoder_input_ids"].roll(-1, 1)
     train_decoder(student, teacher, lambda e: [batch], DistillConfig(steps=2, lr=1e-2, kd_weight=0.0,

@@ -102,6 +102,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--hidden-weight", type=float, default=None,
                    help="weight of hidden-state matching (merged layer -> last layer it replaced); "
                         "default 1 with --general, else 0")
+    p.add_argument("--no-precompute", dest="precompute", action="store_false",
+                   help="run the teacher and the cross-attention K/V projections at every training step instead of "
+                        "caching them once (the old, slower path; for comparison)")
     p.add_argument("--seed", type=int, default=0)
     enc = p.add_argument_group("encoder recipes (prune, adaptwin)")
     enc.add_argument("--compression", type=float, default=0.5,
@@ -206,7 +209,7 @@ def _bald_options(args, out: Path):
                        teacher_lr=args.teacher_lr,
                        max_train_clips=args.max_train_clips, dev_clips=args.dev_clips,
                        extra_audio=args.extra_audio, extra_clips=args.extra_clips, hidden_weight=args.hidden_weight,
-                       seed=args.seed)
+                       precompute=args.precompute, seed=args.seed)
 
 
 def _combined(args, recipe: tuple[str, ...]) -> Path:

@@ -79,20 +79,29 @@ class EpochBatches(Sequence[dict]):
         return self._make(self._chunks[i])
 
 
+Row = tuple[str, list[int], int]  # (clip id, token sequence, prompt length)
+# adds tensors to a batch: (the batch's rows, its padded width) -> {name: tensor}
+BatchExtra = Callable[[list[Row], int], dict[str, torch.Tensor]]
+
+
+def token_rows(clips: list[Clip], texts: dict[str, str] | None = None, multilingual: bool = True,
+               max_tokens: int = 120) -> list[Row]:
+    """Each clip's (id, token sequence, prompt length); ``texts`` overrides the reference per clip id."""
+    return [(c.id, *token_sequence((texts or {}).get(c.id, c.text), c.language, multilingual, max_tokens))
+            for c in clips]
+
+
 def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batch_size: int = 8, seed: int = 0,
                        texts: dict[str, str] | None = None, multilingual: bool = True,
-                       max_tokens: int = 120) -> Callable[[int], EpochBatches]:
+                       max_tokens: int = 120, extras: Sequence[BatchExtra] = (),
+                       encoder_states: bool = True) -> Callable[[int], EpochBatches]:
     """``make_batches(epoch)`` for distill.train_decoder: shuffled by (seed, epoch), padded.
     ``texts`` overrides the reference text per clip id (e.g. teacher pseudo-labels).
-    ``cache``: one folder, or {clip id: folder} for clips from several sets."""
-    from mlx_bald.compress.distill import load_cached_encoder_output
-
-    folder = (lambda cid: cache[cid]) if isinstance(cache, Mapping) else (lambda cid: cache)
-
-    seqs = []
-    for c in clips:
-        ids, n_prompt = token_sequence((texts or {}).get(c.id, c.text), c.language, multilingual, max_tokens)
-        seqs.append((c.id, ids, n_prompt))
+    ``cache``: one folder, or {clip id: folder} for clips from several sets. ``extras`` add
+    precomputed tensors to each batch (targets.py); ``encoder_states=False`` leaves the
+    encoder states out (a batch that carries its cross-attention K/V does not read them)."""
+    seqs = token_rows(clips, texts, multilingual, max_tokens)
+    make = collate_fn(cache, extras, encoder_states)
 
     def make_batches(epoch: int) -> EpochBatches:
         # Shuffle, then sort by length inside pools of 16 batches, so a batch pads to a
@@ -106,9 +115,27 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
             ranked = sorted(order[p:p + pool], key=lambda i: len(seqs[i][1]))
             chunks += [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
         rng.shuffle(chunks)
-        return EpochBatches(chunks, lambda chunk: collate([seqs[i] for i in chunk],
-                                                          lambda cid: load_cached_encoder_output(folder(cid), cid)))
+        return EpochBatches(chunks, lambda chunk: make([seqs[i] for i in chunk]))
     return make_batches
+
+
+def collate_fn(cache: Path | Mapping[str, Path], extras: Sequence[BatchExtra] = (),
+               encoder_states: bool = True) -> Callable[[list[Row]], dict]:
+    """rows -> one batch: tokens, labels, (cached encoder states), and each extra's tensors."""
+    from mlx_bald.compress.distill import load_cached_encoder_output
+
+    folder = (lambda cid: cache[cid]) if isinstance(cache, Mapping) else (lambda cid: cache)
+
+    def make(rows: list[Row]) -> dict:
+        if encoder_states:
+            batch = collate(rows, lambda cid: load_cached_encoder_output(folder(cid), cid))
+        else:
+            inputs, labels = collate_tokens(rows)
+            batch = {"decoder_input_ids": inputs, "labels": labels}
+        for extra in extras:
+            batch |= extra(rows, batch["decoder_input_ids"].shape[1])
+        return batch
+    return make
 
 
 def collate_tokens(chunk: Iterable[tuple[str, list[int], int]], multilingual: bool = True

@@ -13,7 +13,7 @@ import math
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -103,67 +103,94 @@ class DistillConfig:
     hidden_map: tuple[tuple[int, int], ...] = ()
 
 
-def _model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, Any]:
-    kw: dict[str, Any] = {"decoder_input_ids": batch["decoder_input_ids"].to(device), "use_cache": False}
-    if "encoder_hidden_states" in batch:
-        kw["encoder_outputs"] = (batch["encoder_hidden_states"].to(device),)
+def decoder_forward(model: nn.Module, batch: dict[str, torch.Tensor], output_hidden_states: bool = False
+                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """The decoder's final states [B, T, d] (the output projection's input) and, if asked,
+    transformers' decoder_hidden_states. Cross-attention reads ``batch["cross_kv"]`` when the
+    batch carries precomputed K/V (targets.cross_kv_batch), else the encoder states."""
+    device = next(model.parameters()).device
+    dtype = next(model.parameters()).dtype
+    ids = batch["decoder_input_ids"].to(device)
+    kw: dict[str, Any] = {"decoder_input_ids": ids, "output_hidden_states": output_hidden_states}
+    if "cross_kv" in batch:
+        from .targets import cross_attention_cache
+
+        # the layers take K/V from the cache; the encoder states only need to be present
+        kw["encoder_outputs"] = (torch.zeros(ids.shape[0], 1, model.config.d_model, dtype=dtype, device=device),)
+        kw |= {"past_key_values": cross_attention_cache(batch["cross_kv"].to(device=device, dtype=dtype)),
+               "use_cache": True}
+    elif "encoder_hidden_states" in batch:
+        kw |= {"encoder_outputs": (batch["encoder_hidden_states"].to(device=device, dtype=dtype),), "use_cache": False}
     else:
-        kw["input_features"] = batch["input_features"].to(device)
-    return kw
+        kw |= {"input_features": batch["input_features"].to(device=device, dtype=dtype), "use_cache": False}
+    out = model.model(**kw)
+    return out.last_hidden_state, out.decoder_hidden_states
 
 
-def distill_losses(student: nn.Module, teacher: nn.Module, batch: dict[str, torch.Tensor], cfg: DistillConfig,
+def distill_losses(student: nn.Module, teacher: nn.Module | None, batch: dict[str, torch.Tensor], cfg: DistillConfig,
                    temperature: LearnableTemperature | None = None,
                    teacher_embedding: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """One batch's losses: {"loss", "ce", "kd", "feature", "hidden"}. The feature term is
     BaldWhisper's embedding loss (input lookup of the batch tokens + output projection of the
     student's final decoder states), used when the student's embedding is factored; the
-    hidden term matches decoder layer outputs (``cfg.hidden_map``) on the label positions."""
+    hidden term matches decoder layer outputs (``cfg.hidden_map``) on the label positions.
+    Logits are computed on the label positions only. The teacher runs only when the batch
+    carries no cached targets (``teacher_top_values``/``teacher_hidden``, targets.py)."""
     device = next(student.parameters()).device
-    kw = _model_inputs(batch, device)
-    if "encoder_outputs" in kw:
-        dt = next(student.parameters()).dtype
-        kw["encoder_outputs"] = (kw["encoder_outputs"][0].to(dt),)
     labels = batch["labels"].to(device)
     mask = labels != -100
-    t_logits = t_out = None
     match = cfg.hidden_weight > 0 and bool(cfg.hidden_map)
-    if cfg.kd_weight > 0 or match:  # a plain fine-tune (no KD) never needs the teacher's forward
+    cached = "teacher_top_values" in batch
+    t_logits = t_states = None
+    if not cached and (cfg.kd_weight > 0 or match):  # a plain fine-tune (no KD) never needs the teacher
+        if "cross_kv" in batch:
+            raise ValueError("a live teacher needs the batch's encoder states, not the student's cross K/V")
         with torch.no_grad():
-            t_out = teacher(**kw, output_hidden_states=match)
-        t_logits = t_out.logits if cfg.kd_weight > 0 else None
-    seen: list[torch.Tensor] = []
-    hook = student.proj_out.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
-    try:
-        out = student(**kw, output_hidden_states=match)
-    finally:
-        hook.remove()
-    ce = F.cross_entropy(out.logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+            t_hidden, t_states = decoder_forward(teacher, batch, output_hidden_states=match)
+            t_logits = teacher.proj_out(t_hidden[mask]) if cfg.kd_weight > 0 else None
+    elif match:
+        t_states = batch["teacher_hidden"].to(device)
+    hidden_out, states = decoder_forward(student, batch, output_hidden_states=match)
+    final = hidden_out[mask]
+    logits = student.proj_out(final).float()
+    ce = F.cross_entropy(logits, labels[mask])
     temp = temperature() if temperature is not None else cfg.init_temperature
-    kd = kd_kl_loss(out.logits.float(), t_logits.float(), mask, temp) if t_logits is not None \
-        else torch.zeros((), device=device)
+    kd = torch.zeros((), device=device)
+    if cfg.kd_weight > 0 and cached:
+        from .targets import kd_topk_loss
+
+        kd = kd_topk_loss(logits, batch["teacher_top_values"].to(device)[mask], batch["teacher_top_index"].to(device)[mask],
+                          batch["teacher_tail_lse"].to(device)[mask], temp)
+    elif t_logits is not None:
+        kd = kd_kl_loss(logits, t_logits.float(), None, temp)
     feat = torch.zeros((), device=device)
     emb = student.model.decoder.embed_tokens
     if cfg.feature_weight > 0 and isinstance(emb, FactoredEmbedding) and teacher_embedding is not None:
-        hidden = seen[0][mask]  # final decoder states, the output projection's input
-        feat = embedding_distill_loss(emb, teacher_embedding.to(device), kw["decoder_input_ids"].unique(), hidden)
+        feat = embedding_distill_loss(emb, teacher_embedding.to(device), batch["decoder_input_ids"].to(device).unique(),
+                                      final)
     hidden = torch.zeros((), device=device)
     if match:
-        hidden = hidden_match_loss(out.decoder_hidden_states, t_out.decoder_hidden_states, cfg.hidden_map, mask)
+        if cached:  # cached states hold only the mapped teacher layers, in hidden_map order of their index
+            order = sorted({t for _, t in cfg.hidden_map})
+            t_states = {t: t_states[order.index(t)] for t in order}
+        else:
+            t_states = {t: t_states[t + 1] for _, t in cfg.hidden_map}
+        hidden = hidden_match_loss(states, t_states, cfg.hidden_map, mask)
     loss = cfg.ce_weight * ce + cfg.kd_weight * kd + cfg.feature_weight * feat + cfg.hidden_weight * hidden
     return {"loss": loss, "ce": ce.detach(), "kd": kd.detach(), "feature": feat.detach(), "hidden": hidden.detach()}
 
 
-def hidden_match_loss(student_states: tuple[torch.Tensor, ...], teacher_states: tuple[torch.Tensor, ...],
+def hidden_match_loss(student_states: tuple[torch.Tensor, ...], teacher_states: Mapping[int, torch.Tensor],
                       pairs: Iterable[tuple[int, int]], mask: torch.Tensor) -> torch.Tensor:
     """Mean over ``pairs`` (student layer s, teacher layer t) of
-    ||out_s - out_t||^2 / ||out_t||^2 on the ``mask`` positions. ``*_states`` are transformers'
-    ``decoder_hidden_states`` (embeddings first, so layer i's output is entry i + 1; the last
-    entry is after the final LayerNorm in both models, so last layers compare like for like)."""
+    ||out_s - out_t||^2 / ||out_t||^2 on the ``mask`` positions. ``student_states`` are
+    transformers' ``decoder_hidden_states`` (embeddings first, so layer i's output is entry
+    i + 1; the last entry is after the final LayerNorm in both models, so last layers compare
+    like for like); ``teacher_states[t]`` is teacher layer t's output."""
     pairs = list(pairs)
     total = torch.zeros((), device=mask.device)
     for s, t in pairs:
-        a, b = student_states[s + 1][mask].float(), teacher_states[t + 1][mask].float().detach()
+        a, b = student_states[s + 1][mask].float(), teacher_states[t][mask].float().detach()
         total = total + ((a - b) ** 2).sum() / (b ** 2).sum().clamp_min(1e-6)
     return total / max(len(pairs), 1)
 
@@ -199,6 +226,44 @@ def _cycle(make_batches: Callable[[int], Iterable[dict]], skip: int = 0) -> Iter
         epoch += 1
 
 
+def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
+    """``items``, produced by a background thread up to ``depth`` ahead: a batch is read from
+    the caches and collated while the previous step computes (torch releases the GIL)."""
+    import queue
+    import threading
+
+    q: queue.Queue = queue.Queue(depth)
+    stop = threading.Event()
+    done = object()
+
+    def work() -> None:
+        try:
+            for item in items:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # re-raised in the consumer
+            q.put(e)
+        q.put(done)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+
+
 def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable[[int], Iterable[dict]],
                   cfg: DistillConfig, out_dir: str | os.PathLike | None = None,
                   trainable: Callable[[str, nn.Parameter], bool] | None = None,
@@ -227,7 +292,8 @@ def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable
     groups = [{"params": params}]
     if cfg.learn_temperature:
         groups.append({"params": [temperature.log_t], "weight_decay": 0.0})
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # fused: one kernel per step instead of a dozen passes over the ~36M decoder parameters (same update)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     teacher_emb = _dense_embedding(teacher)
 
     ckpt = Path(out_dir) / "distill_checkpoint.pt" if out_dir is not None else None
@@ -253,7 +319,7 @@ def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable
 
     student.train()
     recent: list[dict[str, float]] = []
-    batches = _cycle(make_batches, skip)  # the same data order as an uninterrupted run
+    batches = _prefetch(_cycle(make_batches, skip))  # the same data order as an uninterrupted run
     bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress)
     while step < cfg.steps:
         _, batch = next(batches)

@@ -26,11 +26,12 @@ from pathlib import Path
 import torch
 
 from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, set_subset,
-                                    subset)
+                                    subset, token_rows)
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
 from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
+from mlx_bald.compress.targets import Precomputed
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.spec import CompressionSpec, MergeGroup
 
@@ -63,6 +64,9 @@ class BaldOptions:
     extra_clips: int | None = 400
     hidden_weight: float | None = None  # None: 1.0 for the general student, 0 for the specialised
     dev_clips: int = 48
+    # compute the constant inputs of training once (cross-attention K/V, the teacher's targets;
+    # compress/targets.py) instead of at every step; off = the live path, for comparison
+    precompute: bool = True
     seed: int = 0
 
 
@@ -103,6 +107,7 @@ class _Run:
                 self.train += extra
                 self.audio_sets[name] = len(extra)
                 self.cache_of |= {c.id: folder for c in extra}
+        self.pre = Precomputed(self.base, self.cache_of, self.work) if o.precompute else None
 
     def save_report(self, **updates) -> None:
         self.report.update(updates)
@@ -112,10 +117,19 @@ class _Run:
         tmp.write_text(json.dumps(self.report, indent=2))
         tmp.replace(self.report_path)
 
-    def batches(self, texts=None, seed_offset=0):
+    def batches(self, texts=None, seed_offset=0, student=None, teacher=None, cfg: DistillConfig | None = None):
+        """Training batches; for a ``student`` trained with ``cfg`` (and ``precompute``) they carry
+        its cross-attention K/V and, when ``cfg`` reads the teacher, the teacher's cached targets."""
+        extras, states = [], True
+        if student is not None and cfg is not None and self.pre is not None:
+            hidden = sorted({t for _, t in cfg.hidden_map}) if cfg.hidden_weight > 0 else []
+            needs_teacher = cfg.kd_weight > 0 or bool(hidden)
+            rows = token_rows(self.train, texts, max_tokens=self.o.max_tokens)
+            extras, states = self.pre.extras(student, teacher if needs_teacher else None, rows,
+                                             "pseudo-labels" if texts else "labels", hidden)
         return batches_from_cache(self.train, self.cache_of, self.o.batch_size,
                                   self.o.seed + seed_offset, texts=texts,
-                                  max_tokens=self.o.max_tokens)
+                                  max_tokens=self.o.max_tokens, extras=extras, encoder_states=states)
 
     def cfg(self, steps: int, lr: float | None = None, **kw) -> DistillConfig:
         return DistillConfig(lr=lr or self.o.lr, steps=steps, seed=self.o.seed,
@@ -156,7 +170,7 @@ def _teacher(run: _Run):
     _log(f"teacher fine-tune: {o.teacher_steps} steps on {len(run.train)} clips")
     teacher = copy.deepcopy(run.base)
     cfg = run.cfg(o.teacher_steps, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
-    train_decoder(teacher, run.base, run.batches(), cfg, run.work / "teacher-ckpt")
+    train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
     teacher.save_pretrained(done)
     run.save_report(teacher={"dev_wer": run.dev_wer(teacher), "dev_ce": run.dev_ce(teacher), "steps": o.teacher_steps,
                              "params": count_parameters(teacher)})
@@ -191,7 +205,8 @@ def _search(run: _Run, teacher, texts) -> list[float]:
         trial = _merge_spec(o, [alpha] * len(o.groups), run.base.config.decoder_layers)
         student = apply_spec(copy.deepcopy(teacher), trial)
         untrained = run.dev_ce(student)
-        train_decoder(student, teacher, run.batches(texts, seed_offset=1), run.student_cfg(o.search_steps, trial), None)
+        cfg = run.student_cfg(o.search_steps, trial)
+        train_decoder(student, teacher, run.batches(texts, 1, student, teacher, cfg), cfg, None)
         trials.append({"alpha": alpha, "beta": round(1 - alpha, 4), "dev_ce_untrained": untrained,
                        "dev_ce": run.dev_ce(student), "steps": o.search_steps})
         _log(f"search: alpha={alpha} -> dev CE {trials[-1]['dev_ce']} (untrained {untrained})")
@@ -220,8 +235,8 @@ def run_bald(o: BaldOptions) -> Path:
                                           can_continue=not (final / "model.safetensors").exists()):
         _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
         student = apply_spec(copy.deepcopy(teacher), spec)
-        train_decoder(student, teacher, run.batches(texts, 2), run.student_cfg(o.merge_steps, spec),
-                      run.work / "merged-ckpt")
+        cfg = run.student_cfg(o.merge_steps, spec)
+        train_decoder(student, teacher, run.batches(texts, 2, student, teacher, cfg), cfg, run.work / "merged-ckpt")
         save_compressed(student, spec, merged_dir)
         run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                 "alphas": alphas})
@@ -245,8 +260,8 @@ def run_bald(o: BaldOptions) -> Path:
         setattr(student.config, SPEC_KEY, spec.to_dict())
         if not resuming:
             run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)})
-        train_decoder(student, teacher, run.batches(texts, 3), run.student_cfg(o.embed_steps, spec, feature_weight=0.1),
-                      run.work / "embed-ckpt")
+        cfg = run.student_cfg(o.embed_steps, spec, feature_weight=0.1)
+        train_decoder(student, teacher, run.batches(texts, 3, student, teacher, cfg), cfg, run.work / "embed-ckpt")
         save_compressed(student, spec, final)
         run.save_report(student={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                  "steps": o.embed_steps, "spec": spec.to_dict()})

@@ -1,0 +1,198 @@
+"""Training throughput of the compression stages: today's code against the new code, side by
+side in one run, on a fixed slice of real speech (fillets-cs train clips, Czech labels).
+
+Each cell runs in its own process (peak RSS is per cell); "today" runs the code of a git ref
+(default: the commit before the throughput work), extracted with `git archive`, on the same
+data, model and settings. Cells: the encoder-output cache (clips/s) and the BaldWhisper
+decoder stages (steps/s at batch 8, 64-token cap): teacher fine-tune, merge (specialised: CE +
+KL; general: + hidden-state matching), low-rank embedding. After the same steps from the same
+start, each cell also reports the dev cross-entropy, so a speed-up that changes what is
+learnt shows. Levers are variants of the new code: 1 thread, bf16 autocast.
+
+    .venv/bin/python -m benchmarks.train_throughput            # writes benchmarks/results/train_throughput.{md,json}
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BASELINE_REF = "39ecf58"
+STAGES = ("encoder-cache", "teacher", "merge", "merge-general", "embedding")
+VARIANTS = ("today", "new", "new-1thread", "new-bf16")
+
+
+def _args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--stages", default=",".join(STAGES))
+    p.add_argument("--variants", default="today,new", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--clips", type=int, default=48, help="fillets-cs train clips (a fixed random subset)")
+    p.add_argument("--cache-clips", type=int, default=12, help="clips encoded by the encoder-cache cell")
+    p.add_argument("--dev-clips", type=int, default=24, help="fillets-cs dev clips for the dev cross-entropy")
+    p.add_argument("--steps", type=int, default=30, help="training steps per cell")
+    p.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of 'today'")
+    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default="train_throughput")
+    p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # STAGE:VARIANT, run in a child process
+    return p.parse_args(argv)
+
+
+# ---- one cell (child process) ---------------------------------------------------------------
+def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
+    import torch
+
+    if variant.endswith("1thread"):
+        torch.set_num_threads(1)
+    from mlx_bald.compress.data import batches_from_cache, ensure_encoder_cache, subset
+    from mlx_bald.data import load_set
+    from mlx_bald.torch_ref import load_torch_model
+
+    base = copy.deepcopy(load_torch_model("whisper-base")).eval()
+    train = subset(load_set("fillets-cs:train"), a.clips, 0)
+    if stage == "encoder-cache":
+        clips = train[: a.cache_clips]
+        for c in clips:
+            c._audio = None  # decode inside the timed region, as a fresh run does
+        name = f"bench-{variant}-{os.getpid()}"
+        t0 = time.perf_counter()
+        folder = ensure_encoder_cache(base, "bench", name, clips, progress=False)
+        seconds = time.perf_counter() - t0
+        import shutil
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"rate": len(clips) / seconds, "unit": "clips/s", "seconds": seconds, "items": len(clips)}
+
+    from mlx_bald.compress import apply_spec
+    from mlx_bald.compress.distill import DistillConfig, train_decoder
+    from mlx_bald.compress.embedding import factorize_embedding
+    from mlx_bald.compress.greedy import dev_cross_entropy
+    from mlx_bald.spec import CompressionSpec, MergeGroup
+
+    dev = load_set("fillets-cs:dev")[: a.dev_clips]
+    cache = ensure_encoder_cache(base, "whisper-base", "fillets-cs:train", train, progress=False)
+    dev_cache = ensure_encoder_cache(base, "whisper-base", "fillets-cs:dev", dev, progress=False)
+    merge = CompressionSpec(decoder_merge=[MergeGroup([i, i + 1], [0.2, 0.8]) for i in (0, 2, 4)], recipe=["bald"])
+    common = dict(steps=a.steps, seed=0, checkpoint_every=10**9)
+    if stage == "teacher":
+        student = copy.deepcopy(base)
+        cfg = DistillConfig(lr=1e-5, kd_weight=0.0, feature_weight=0.0, learn_temperature=False, **common)
+    else:
+        student = apply_spec(copy.deepcopy(base), merge)
+        hidden = ((0, 1), (1, 3), (2, 5)) if stage == "merge-general" else ()
+        cfg = DistillConfig(lr=1.5e-4, hidden_weight=1.0 if hidden else 0.0, hidden_map=hidden, **common)
+        if stage == "embedding":
+            factorize_embedding(student, 96)
+            cfg = DistillConfig(lr=1.5e-4, feature_weight=0.1, **common)
+    kw: dict = {}
+    pre_seconds = 0.0
+    if variant != "today":
+        from mlx_bald.compress.data import token_rows
+        from mlx_bald.compress.targets import Precomputed
+
+        t0 = time.perf_counter()
+        work = Path(tempfile.mkdtemp(prefix="mlx-bald-bench-"))
+        pre = Precomputed(base, {c.id: cache for c in train}, work, progress=False)
+        layers = sorted({t for _, t in cfg.hidden_map}) if cfg.hidden_weight > 0 else []
+        teacher = base if (cfg.kd_weight > 0 or layers) else None
+        extras, states = pre.extras(student, teacher, token_rows(train, max_tokens=64), "labels", layers)
+        kw = {"extras": extras, "encoder_states": states}
+        pre_seconds = time.perf_counter() - t0
+    batches = batches_from_cache(train, cache, 8, 2, max_tokens=64, **kw)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16"))
+    t0 = time.perf_counter()
+    with autocast:
+        losses = train_decoder(student, base, batches, cfg, progress=False)
+    seconds = time.perf_counter() - t0
+    return {"rate": a.steps / seconds, "unit": "steps/s", "seconds": seconds, "items": a.steps,
+            "precompute_seconds": round(pre_seconds, 1), "train_loss": round(losses.get("loss", float("nan")), 4),
+            "dev_ce": round(dev_cross_entropy(student, dev, dev_cache, max_tokens=64), 4)}
+
+
+# ---- the driver -----------------------------------------------------------------------------
+def _baseline_tree(ref: str) -> Path:
+    """The code of ``ref``, extracted once into the cache (no work tree, no checkout)."""
+    from mlx_bald.paths import cache_dir
+
+    sha = subprocess.run(["git", "rev-parse", "--short", ref], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    out = cache_dir() / "bench-baselines" / sha
+    if not (out / "mlx_bald").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", sha], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out
+
+
+def _run_cell(stage: str, variant: str, a: argparse.Namespace, tree: Path) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(tree))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", f"{stage}:{variant}",
+           "--clips", str(a.clips), "--cache-clips", str(a.cache_clips), "--dev-clips", str(a.dev_clips),
+           "--steps", str(a.steps)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _table(rows: list[dict]) -> str:
+    out = ["| stage | variant | rate | vs today | peak RSS GiB | one-time precompute s | dev CE after the steps |",
+           "|---|---|---:|---:|---:|---:|---:|"]
+    today = {r["stage"]: r for r in rows if r["variant"] == "today" and "rate" in r}
+    for r in rows:
+        if "error" in r:
+            out.append(f"| {r['stage']} | {r['variant']} | error: {r['error']} | | | | |")
+            continue
+        ref = today.get(r["stage"])
+        ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref else "–"
+        ce = r.get("dev_ce", "–")
+        if ref and "dev_ce" in r and r["variant"] != "today":
+            ce = f"{r['dev_ce']} ({100 * (r['dev_ce'] / ref['dev_ce'] - 1):+.1f}%)"
+        out.append(f"| {r['stage']} | {r['variant']} | {r['rate']:.3f} {r['unit']} | {ratio} | {r['peak_rss_gib']:.2f} "
+                   f"| {r.get('precompute_seconds', '–')} | {ce} |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
+    if a.cell:
+        stage, variant = a.cell.split(":")
+        result = _cell(stage, variant, a)
+        result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        print(json.dumps(result))
+        return 0
+    from tqdm import tqdm
+
+    stages, variants = a.stages.split(","), a.variants.split(",")
+    trees = {v: (_baseline_tree(a.baseline_ref) if v == "today" else ROOT) for v in variants}
+    rows = []
+    t0 = time.time()
+    load0 = os.getloadavg()
+    for stage in tqdm([(s, v) for s in stages for v in variants], desc="cells"):
+        rows.append({"stage": stage[0], "variant": stage[1]} | _run_cell(*stage, a, trees[stage[1]]))
+        tqdm.write(json.dumps(rows[-1]))
+    import platform
+    meta = {"command": "python -m benchmarks.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
+            "baseline_ref": a.baseline_ref, "clips": a.clips, "steps": a.steps, "dev_clips": a.dev_clips,
+            "cache_clips": a.cache_clips, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+            "loadavg_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)], "wall_s": round(time.time() - t0)}
+    a.results.mkdir(parents=True, exist_ok=True)
+    (a.results / f"{a.name}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    md = (f"# Training throughput (`{meta['command']}`)\n\n{meta['clips']} fillets-cs train clips, batch 8, 64-token cap, "
+          f"{meta['steps']} steps per cell; dev CE on {meta['dev_clips']} fillets-cs dev clips; today = `{a.baseline_ref}`. "
+          f"Machine: {meta['machine']}; load average start/end {meta['loadavg_start_end']}; {meta['wall_s']} s.\n\n"
+          + _table(rows) + "\n")
+    (a.results / f"{a.name}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,295 @@
+"""What stays constant during decoder distillation, computed once instead of at every step.
+
+- Cross-attention K/V. The encoder is frozen, and so are the decoder's cross-attention K/V
+  projections (``DistillConfig.train_cross_kv`` is off), so each clip's K/V over its 1,500
+  encoder frames never change. They are stored per clip for every decoder layer of the source
+  model. A merged layer's projection is the weighted average of its sources' (weights summing
+  to 1, bias included), so its K/V are the same mix of theirs: one cache serves the teacher
+  fine-tune, every alpha-search trial, the merge and the embedding stage.
+- The teacher's targets. The teacher is frozen and teacher-forced on fixed token sequences,
+  so its outputs are stored once per clip: the top-k logits and the log-sum-exp of the rest
+  (the KL over the top-k tokens plus one "rest" bucket, exact when k covers the vocabulary and
+  at T = 1 a lower bound of the full KL), and the hidden states the matching loss reads.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from torch.nn import functional as F
+
+from mlx_bald.errors import MlxBaldError
+
+from .clip_store import clip_file, write_missing
+from .data import Row
+
+TOP_K = 64
+
+
+def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
+    """A short hash of ``tensors`` (a sample of each), naming the weights a cache was made with."""
+    h = hashlib.sha1()
+    for t in tensors:
+        flat = t.detach().flatten()
+        h.update(flat[:: max(1, flat.numel() // 4096)].float().numpy().tobytes())
+    return h.hexdigest()[:12]
+
+
+def _check_room(folder: Path, n_clips: int, bytes_per_clip: int, what: str) -> None:
+    """Announce a cache's size before building it; refuse when the disk lacks the room."""
+    need = n_clips * bytes_per_clip
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    print(f"[cache] {what}: {n_clips:,} clips -> {need / 1e9:.1f} GB in {folder}", file=sys.stderr, flush=True)
+    if need > free * 0.95:
+        raise MlxBaldError(f"{what} needs {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free: "
+                           f"free some room, or move the cache with $MLX_BALD_CACHE")
+
+
+def _mark(folder: Path, meta: dict) -> None:
+    """Stamp ``folder`` with what its files were made from; empty it if they were made from other weights."""
+    stamp = folder / "meta.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != meta:
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(meta))
+
+
+# ---- cross-attention K/V ------------------------------------------------------------------
+def _cross(model: nn.Module) -> list[nn.Module]:
+    return [layer.encoder_attn for layer in model.model.decoder.layers]
+
+
+def cross_kv_weights(model: nn.Module) -> list[torch.Tensor]:
+    return [t for a in _cross(model) for t in (a.k_proj.weight, a.v_proj.weight, a.v_proj.bias)]
+
+
+@torch.no_grad()
+def cache_cross_kv(model: nn.Module, clip_ids: Sequence[str], encoder_state: Callable[[str], torch.Tensor],
+                   folder: Path, batch_size: int = 8, progress: bool = True) -> Path:
+    """Per clip, fp16 ``k`` and ``v`` [layers, heads, frames, head_dim] of every decoder layer's
+    cross-attention over the clip's cached encoder output. Clips already stored are skipped."""
+    attn = _cross(model)
+    heads, dim = attn[0].num_heads, attn[0].head_dim
+    _mark(folder, {"weights": fingerprint(cross_kv_weights(model))})
+    missing = [c for c in clip_ids if not clip_file(folder, c).is_file()]
+    frames = model.config.max_source_positions
+    if missing:
+        _check_room(folder, len(missing), 2 * len(attn) * frames * heads * dim * 2, "cross-attention K/V cache")
+    dtype = next(model.parameters()).dtype
+
+    def compute(ids: list[str], states: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        states = states.to(dtype)
+        b, s, _ = states.shape
+        k = torch.stack([a.k_proj(states).view(b, s, heads, dim).transpose(1, 2) for a in attn], 1)
+        v = torch.stack([a.v_proj(states).view(b, s, heads, dim).transpose(1, 2) for a in attn], 1)
+        return [{"k": k[i].half(), "v": v[i].half()} for i in range(b)]
+
+    write_missing(folder, ((c, lambda c=c: encoder_state(c)) for c in missing), compute, batch_size,
+                  "cross-attention K/V cache", progress)
+    return folder
+
+
+@torch.no_grad()
+def cross_kv_mix(student: nn.Module, source: nn.Module, atol: float = 1e-5) -> torch.Tensor | None:
+    """[student layers, source layers] weights whose mix of the source's cross-attention K/V
+    projections equals each student layer's (a merge group's normalised weights, or one source
+    layer), or None when some student layer is no such mix (e.g. its K/V projections trained)."""
+    src = _cross(source)
+    tensors = lambda a: (a.k_proj.weight, a.v_proj.weight, a.v_proj.bias)  # noqa: E731
+    rows = []
+    for a in _cross(student):
+        mine = tensors(a)
+        if any(m.shape != s.shape for m, s in zip(mine, tensors(src[0]))):
+            return None
+        # solve the least-squares mix on the K projection, then check it reproduces all three
+        basis = torch.stack([s.k_proj.weight.flatten().double() for s in src], 1)
+        w = torch.linalg.lstsq(basis, a.k_proj.weight.flatten().double()[:, None]).solution[:, 0]
+        w = torch.where(w.abs() < 1e-6, torch.zeros_like(w), w)
+        for m, parts in zip(mine, zip(*(tensors(s) for s in src))):
+            mixed = sum(wi * p.double() for wi, p in zip(w.tolist(), parts))
+            if not torch.allclose(m.double(), mixed, atol=atol * max(1.0, float(m.abs().max()))):
+                return None
+        rows.append(w.float())
+    return torch.stack(rows)
+
+
+def cross_kv_batch(folder: Path | Mapping[str, Path], mix: torch.Tensor
+                   ) -> Callable[[list[Row], int], dict[str, torch.Tensor]]:
+    """A collate extra: the batch's cross-attention K/V for the student, ``cross_kv``
+    [2, student layers, B, heads, frames, head_dim] (fp32), mixed from the cached source K/V
+    (``folder``: one, or {clip id: folder})."""
+    where = (lambda cid: folder[cid]) if isinstance(folder, Mapping) else (lambda cid: folder)  # noqa: E731
+
+    terms = [[(s, w) for s, w in enumerate(row.tolist()) if w != 0.0] for row in mix]
+
+    def extra(rows: list[Row], width: int) -> dict[str, torch.Tensor]:
+        t0 = load_file(str(clip_file(where(rows[0][0]), rows[0][0])))["k"]
+        out = torch.empty((2, len(terms), len(rows), *t0.shape[1:]), dtype=torch.float32)
+        for b, (cid, _, _) in enumerate(rows):
+            t = load_file(str(clip_file(where(cid), cid)))
+            for i, name in enumerate(("k", "v")):
+                for layer, parts in enumerate(terms):  # a merged layer: the weighted sum of its sources
+                    dst = out[i, layer, b]
+                    dst.copy_(t[name][parts[0][0]]).mul_(parts[0][1])
+                    for src, w in parts[1:]:
+                        dst.add_(t[name][src].float(), alpha=w)
+        return {"cross_kv": out}
+    return extra
+
+
+def cross_attention_cache(cross_kv: torch.Tensor):
+    """transformers' cache object that makes every decoder layer reuse the given K/V."""
+    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+
+    cross = DynamicCache([(cross_kv[0, i], cross_kv[1, i]) for i in range(cross_kv.shape[1])])
+    return EncoderDecoderCache(DynamicCache(), cross)
+
+
+# ---- teacher targets ----------------------------------------------------------------------
+@torch.no_grad()
+def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: Callable[[list[Row]], dict],
+                          folder: Path, top_k: int = TOP_K, hidden_layers: Sequence[int] = (),
+                          batch_size: int = 8, progress: bool = True) -> Path:
+    """Per clip: the teacher's ``top_values``/``top_index`` [T, k], ``tail_lse`` [T] (log-sum-exp
+    of the logits outside the top k; -inf when k covers the vocabulary), the token ``ids`` they
+    were made for, and ``hidden`` [len(hidden_layers), T, d] (fp16): the output of each listed
+    decoder layer (transformers' decoder_hidden_states[layer + 1]). ``make_batch(rows)`` collates
+    rows into the teacher's inputs (a batch as distill takes it)."""
+    from .distill import decoder_forward
+
+    teacher.eval()
+    _mark(folder, {"teacher": fingerprint(list(teacher.parameters())), "top_k": top_k,
+                   "hidden_layers": list(hidden_layers)})
+    by_id = {r[0]: r for r in rows}
+
+    def compute(ids: list[str], _unused: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        chunk = [by_id[i] for i in ids]
+        batch = make_batch(chunk)
+        hidden, states = decoder_forward(teacher, batch, output_hidden_states=bool(hidden_layers))
+        logits = teacher.proj_out(hidden).float()
+        k = min(top_k, logits.shape[-1])
+        values, index = logits.topk(k, -1)
+        lse = logits.logsumexp(-1)
+        if k < logits.shape[-1]:  # log(sum of the other tokens' exp) = lse + log(1 - top-k mass), in fp64
+            top_mass = (values.double() - lse.double()[..., None]).exp().sum(-1)
+            rest = (lse.double() + torch.log((1 - top_mass).clamp_min(0))).float()
+        else:
+            rest = torch.full_like(lse, -float("inf"))
+        out = []
+        for i, (_, seq, _) in enumerate(chunk):
+            t = len(seq) - 1
+            item = {"top_values": values[i, :t].contiguous(), "top_index": index[i, :t].int().contiguous(),
+                    "tail_lse": rest[i, :t].contiguous(), "ids": torch.tensor(seq, dtype=torch.int32)}
+            if hidden_layers:
+                item["hidden"] = torch.stack([states[l + 1][i, :t] for l in hidden_layers]).half()
+            out.append(item)
+        return out
+
+    def stale(cid: str, seq: list[int]) -> bool:  # absent, or made for other tokens (e.g. new labels)
+        f = clip_file(folder, cid)
+        return not f.is_file() or load_file(str(f))["ids"].tolist() != list(seq)
+
+    missing = [cid for cid, seq, _ in rows if stale(cid, seq)]
+    for cid in missing:
+        clip_file(folder, cid).unlink(missing_ok=True)
+    write_missing(folder, ((c, torch.zeros(())) for c in missing), compute, batch_size, "teacher targets", progress)
+    return folder
+
+
+def teacher_targets_batch(folder: Path) -> Callable[[list[Row], int], dict[str, torch.Tensor]]:
+    """A collate extra: the batch's cached teacher targets, padded to the batch width
+    (``teacher_top_values``, ``teacher_top_index``, ``teacher_tail_lse`` [B, T, ...] and
+    ``teacher_hidden`` [n, B, T, d] when cached)."""
+    def extra(rows: list[Row], width: int) -> dict[str, torch.Tensor]:
+        items = []
+        for cid, seq, _ in rows:
+            t = load_file(str(clip_file(folder, cid)))
+            if t["ids"].tolist() != list(seq):
+                raise MlxBaldError(f"cached teacher targets of {cid!r} in {folder} were made for other tokens: "
+                                   f"remove that folder to rebuild them")
+            items.append(t)
+        pad = lambda x, v: F.pad(x, (0, 0) * (x.dim() - 1) + (0, width - x.shape[0]), value=v)  # noqa: E731
+        out = {"teacher_top_values": torch.stack([pad(t["top_values"], 0.0) for t in items]),
+               "teacher_top_index": torch.stack([pad(t["top_index"].long(), 0) for t in items]),
+               "teacher_tail_lse": torch.stack([F.pad(t["tail_lse"], (0, width - t["tail_lse"].shape[0]))
+                                                for t in items])}
+        if "hidden" in items[0]:
+            out["teacher_hidden"] = torch.stack([F.pad(t["hidden"].float(), (0, 0, 0, width - t["hidden"].shape[1]))
+                                                 for t in items], 1)
+        return out
+    return extra
+
+
+def kd_topk_loss(student_logits: torch.Tensor, top_values: torch.Tensor, top_index: torch.Tensor,
+                 tail_lse: torch.Tensor, temperature: torch.Tensor | float = 1.0) -> torch.Tensor:
+    """T^2 * KL(teacher || student) over the teacher's top-k tokens plus one bucket for all
+    other tokens, per row of [N, V] student logits; averaged over rows. The teacher's bucket has
+    the logit ``tail_lse``: exact at T = 1, an approximation of its tempered mass otherwise."""
+    t = torch.as_tensor(temperature, dtype=student_logits.dtype, device=student_logits.device)
+    log_s = F.log_softmax(student_logits / t, -1)
+    s_top = log_s.gather(-1, top_index)
+    s_rest = torch.log1p(-s_top.logsumexp(-1).exp().clamp(max=1 - 1e-6))
+    log_t = F.log_softmax(torch.cat([top_values, tail_lse[:, None]], -1) / t, -1)
+    log_s2 = torch.cat([s_top, s_rest[:, None]], -1)
+    p_t = log_t.exp()
+    kl = torch.where(p_t > 0, p_t * (log_t - log_s2), torch.zeros_like(p_t)).sum(-1)
+    return kl.mean() * t**2
+
+
+# ---- one recipe's constant inputs -----------------------------------------------------------
+class Precomputed:
+    """Builds (once) and hands out the constant inputs of a recipe's decoder stages: the
+    source model's cross-attention K/V of every training clip, and the teacher's targets."""
+
+    def __init__(self, source: nn.Module, encoder_cache_of: Mapping[str, Path], work: Path, progress: bool = True):
+        self.source, self.cache_of, self.work, self.progress = source, dict(encoder_cache_of), Path(work), progress
+        self._kv: dict[str, Path] | None = None
+
+    def kv_folders(self) -> dict[str, Path]:
+        """{clip id: its cross-K/V folder}, one folder beside each encoder-cache folder."""
+        if self._kv is None:
+            from .distill import load_cached_encoder_output
+
+            by_folder: dict[Path, list[str]] = {}
+            for cid, enc in self.cache_of.items():
+                by_folder.setdefault(Path(enc), []).append(cid)
+            self._kv = {}
+            for enc, ids in by_folder.items():
+                kv = cache_cross_kv(self.source, ids, lambda c, enc=enc: load_cached_encoder_output(enc, c),
+                                    enc.parent / f"{enc.name}.cross-kv", progress=self.progress)
+                self._kv |= {c: kv for c in ids}
+        return self._kv
+
+    def cross_kv(self, model: nn.Module) -> Callable[[list[Row], int], dict[str, torch.Tensor]] | None:
+        """The batch extra carrying ``model``'s cross-attention K/V, or None when its K/V
+        projections are no mix of the source's (then they are computed live)."""
+        mix = cross_kv_mix(model, self.source)
+        return None if mix is None else cross_kv_batch(self.kv_folders(), mix)
+
+    def extras(self, student: nn.Module, teacher: nn.Module | None, rows: list[Row], name: str,
+               hidden_layers: Sequence[int] = ()) -> tuple[list, bool]:
+        """(batch extras, whether batches still need encoder states) for training ``student``;
+        with a ``teacher``, its targets for ``rows`` are cached under work/teacher-targets/NAME."""
+        from .data import collate_fn
+
+        extras, live = [], False
+        kv = self.cross_kv(student)
+        if kv is None:
+            live = True
+        else:
+            extras.append(kv)
+        if teacher is not None:
+            t_kv = self.cross_kv(teacher)
+            make = collate_fn(self.cache_of, [t_kv] if t_kv else [], encoder_states=t_kv is None)
+            folder = cache_teacher_targets(teacher, rows, make, self.work / "teacher-targets" / name,
+                                           hidden_layers=hidden_layers, progress=self.progress)
+            extras.append(teacher_targets_batch(folder))
+        return extras, live

@@ -7,7 +7,10 @@ data, model and settings. Cells: the encoder-output cache (clips/s) and the Bald
 decoder stages (steps/s at batch 8, 64-token cap): teacher fine-tune, merge (specialised: CE +
 KL; general: + hidden-state matching), low-rank embedding. After the same steps from the same
 start, each cell also reports the dev cross-entropy, so a speed-up that changes what is
-learnt shows. Levers are variants of the new code: 1 thread, bf16 autocast.
+learnt shows. Levers are variants of the new code (on --lever-stages): 1 thread, bf16
+autocast, and 2 data-parallel processes of 1 thread each (torchrun, gloo) on the same global
+batch. The cross-attention K/V cache sits beside the encoder cache and serves every stage, so
+the first new cell of a run pays for it (its "one-time precompute" column).
 
     .venv/bin/python -m benchmarks.train_throughput            # writes benchmarks/results/train_throughput.{md,json}
 """
@@ -27,14 +30,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REF = "39ecf58"
 STAGES = ("encoder-cache", "teacher", "merge", "merge-general", "embedding")
-VARIANTS = ("today", "new", "new-1thread", "new-bf16")
+VARIANTS = ("today", "new", "new-1thread", "new-bf16", "new-2proc")
 
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--stages", default=",".join(STAGES))
-    p.add_argument("--variants", default="today,new", help=f"comma-separated, of {', '.join(VARIANTS)}")
+    p.add_argument("--variants", default="today,new,new-1thread,new-bf16,new-2proc",
+                   help=f"comma-separated, of {', '.join(VARIANTS)}; new-2proc: 2 data-parallel processes "
+                        "(torchrun, gloo) of 1 thread each on the same global batch")
+    p.add_argument("--lever-stages", default="merge",
+                   help="stages that also run the lever variants (all but today and new)")
     p.add_argument("--clips", type=int, default=48, help="fillets-cs train clips (a fixed random subset)")
     p.add_argument("--cache-clips", type=int, default=12, help="clips encoded by the encoder-cache cell")
     p.add_argument("--dev-clips", type=int, default=24, help="fillets-cs dev clips for the dev cross-entropy")
@@ -50,8 +57,11 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
 def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
     import torch
 
-    if variant.endswith("1thread"):
+    if variant.endswith(("1thread", "2proc")):
         torch.set_num_threads(1)
+    if variant == "new-2proc":
+        from mlx_bald.compress.hardware import init_from_env
+        init_from_env()
     from mlx_bald.compress.data import batches_from_cache, ensure_encoder_cache, subset
     from mlx_bald.data import load_set
     from mlx_bald.torch_ref import load_torch_model
@@ -94,22 +104,26 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
     kw: dict = {}
     pre_seconds = 0.0
     if variant != "today":
+        import dataclasses
+
         from mlx_bald.compress.data import token_rows
+        from mlx_bald.compress.hardware import main_first
         from mlx_bald.compress.targets import Precomputed
 
+        if variant.endswith("bf16"):
+            cfg = dataclasses.replace(cfg, precision="bf16")
         t0 = time.perf_counter()
-        work = Path(tempfile.mkdtemp(prefix="mlx-bald-bench-"))
+        work = Path(tempfile.gettempdir()) / f"mlx-bald-bench-{stage}-{variant}-{os.getppid()}"
         pre = Precomputed(base, {c.id: cache for c in train}, work, progress=False)
         layers = sorted({t for _, t in cfg.hidden_map}) if cfg.hidden_weight > 0 else []
         teacher = base if (cfg.kd_weight > 0 or layers) else None
-        extras, states = pre.extras(student, teacher, token_rows(train, max_tokens=64), "labels", layers)
+        with main_first():
+            extras, states = pre.extras(student, teacher, token_rows(train, max_tokens=64), "labels", layers)
         kw = {"extras": extras, "encoder_states": states}
         pre_seconds = time.perf_counter() - t0
     batches = batches_from_cache(train, cache, 8, 2, max_tokens=64, **kw)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant.endswith("bf16"))
     t0 = time.perf_counter()
-    with autocast:
-        losses = train_decoder(student, base, batches, cfg, progress=False)
+    losses = train_decoder(student, base, batches, cfg, progress=False)
     seconds = time.perf_counter() - t0
     return {"rate": a.steps / seconds, "unit": "steps/s", "seconds": seconds, "items": a.steps,
             "precompute_seconds": round(pre_seconds, 1), "train_loss": round(losses.get("loss", float("nan")), 4),
@@ -133,7 +147,11 @@ def _baseline_tree(ref: str) -> Path:
 
 def _run_cell(stage: str, variant: str, a: argparse.Namespace, tree: Path) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--cell", f"{stage}:{variant}",
+    launcher = [sys.executable]
+    if variant == "new-2proc":
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        env["OMP_NUM_THREADS"] = "1"
+    cmd = [*launcher, str(Path(__file__).resolve()), "--cell", f"{stage}:{variant}",
            "--clips", str(a.clips), "--cache-clips", str(a.cache_clips), "--dev-clips", str(a.dev_clips),
            "--steps", str(a.steps)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -166,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
         stage, variant = a.cell.split(":")
         result = _cell(stage, variant, a)
         result["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-        print(json.dumps(result))
+        if int(os.environ.get("RANK", "0")) == 0:  # one line per cell (rank 0's, under torchrun)
+            print(json.dumps(result))
         return 0
     from tqdm import tqdm
 
@@ -175,7 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     t0 = time.time()
     load0 = os.getloadavg()
-    for stage in tqdm([(s, v) for s in stages for v in variants], desc="cells"):
+    levers = set(a.lever_stages.split(","))
+    cells = [(s, v) for s in stages for v in variants
+             if v in ("today", "new") or (s in levers and not (v == "new-2proc" and s == "encoder-cache"))]
+    for stage in tqdm(cells, desc="cells"):
         rows.append({"stage": stage[0], "variant": stage[1]} | _run_cell(*stage, a, trees[stage[1]]))
         tqdm.write(json.dumps(rows[-1]))
     import platform

@@ -213,21 +213,23 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
 
     import mlx_bald.compress.model as cmodel
     import mlx_bald.compress.recipe_bald as rb
-    import mlx_bald.data as data
-
     work, final = tmp_path / "work", tmp_path / "student"
     for folder in (work / "teacher", work / "merged", final):
         folder.mkdir(parents=True)
         (folder / "model.safetensors").write_bytes(b"x")
     scored = []
-    monkeypatch.setattr(data, "load_set", lambda spec: [spec])
+    class Named(str):  # a stand-in model: its name, on any device
+        def to(self, *_):
+            return self
+
     monkeypatch.setattr(rb, "ensure_encoder_cache", lambda *a: tmp_path)
-    monkeypatch.setattr(cmodel, "load_compressed", lambda folder: (str(folder), None))
+    monkeypatch.setattr(cmodel, "load_compressed", lambda folder: (Named(folder), None))
     monkeypatch.setattr(rb, "count_parameters", lambda m: 1)
     monkeypatch.setattr(rb, "dev_wer", lambda m, clips, cache: scored.append(str(m)) or 10.0)
 
     report = {}
-    run = SimpleNamespace(o=rb.BaldOptions(out=tmp_path), base="base", work=work, report=report,
+    run = SimpleNamespace(o=rb.BaldOptions(out=tmp_path), base="base", work=work, report=report, device="cpu",
+                          load=lambda spec: [spec],
                           save_report=lambda **kw: report.update(json.loads(json.dumps(kw))))
     rb._final_table(run, "teacher", final)
     assert len(scored) == 8 and [r["model"] for r in report["table"]][-1] == "merged+lowrank-embedding"

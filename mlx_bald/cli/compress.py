@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from mlx_bald.cli.data_args import SET_FORMS, add_column_args
+from mlx_bald.hardware_names import DEVICES, PRECISIONS
+
 RECIPES = ("bald", "prune", "adaptwin")
 
 
@@ -64,6 +67,18 @@ def register(sub) -> argparse.ArgumentParser:
                    help="bald, prune, adaptwin, or a '+' combination (applied as bald, prune, adaptwin)")
     p.add_argument("--model", default="whisper-base", help="model to compress")
     p.add_argument("--lang", default="cs", help="language of the fillets-<lang> training audio")
+    data = p.add_argument_group("your own labelled data (bald recipe; instead of fillets-<lang>)")
+    data.add_argument("--train", default=None, metavar="SET", help=f"training set: {SET_FORMS}")
+    data.add_argument("--dev", default=None, metavar="SET",
+                      help="held-out set for the alpha search and the stage checks (needed with --train)")
+    data.add_argument("--test", default=None, metavar="SET",
+                      help="set of the final table (default with --train: the --dev set)")
+    add_column_args(data)
+    hw = p.add_argument_group("hardware (bald recipe)")
+    hw.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
+    hw.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                    help="training arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); "
+                         "on a CPU without native bf16, bf16 is slower (benchmarks/README.md)")
     p.add_argument("--general", action="store_true",
                    help="general-purpose student: no labels, original base as teacher")
     p.add_argument("--out", required=True, type=Path, help="output folder (report.json, student/, mlx/)")
@@ -169,10 +184,15 @@ def run(args) -> int:
     from converters.torch_to_mlx import convert_checkpoint
     from mlx_bald.paths import models_dir
 
+    from mlx_bald.compress.hardware import is_main, launched_by_torchrun
+    from mlx_bald.errors import MlxBaldError
+
     recipe = tuple(args.recipe)
     _default_name(args, recipe)
     if recipe != ("bald",):
-        from mlx_bald.errors import MlxBaldError
+        if launched_by_torchrun() or args.device not in ("auto", "cpu") or args.precision != "fp32" or args.train:
+            raise MlxBaldError("--device, --precision, --train and torchrun cover the bald recipe so far; "
+                               "the encoder recipes (prune, adaptwin) train in one CPU process on fillets-<lang>")
         try:
             student = _combined(args, recipe)
         except (ValueError, argparse.ArgumentTypeError) as e:
@@ -180,6 +200,8 @@ def run(args) -> int:
         return _finish(args, student, convert_checkpoint, models_dir)
     opts = _bald_options(args, args.out)
     student = run_bald(opts)
+    if not is_main():  # rank 0 converts and registers
+        return 0
     return _finish(args, student, convert_checkpoint, models_dir)
 
 
@@ -209,7 +231,9 @@ def _bald_options(args, out: Path):
                        teacher_lr=args.teacher_lr,
                        max_train_clips=args.max_train_clips, dev_clips=args.dev_clips,
                        extra_audio=args.extra_audio, extra_clips=args.extra_clips, hidden_weight=args.hidden_weight,
-                       precompute=args.precompute, seed=args.seed)
+                       precompute=args.precompute, train_set=args.train, dev_set=args.dev, test_set=args.test,
+                       audio_column=args.audio_column, text_column=args.text_column, data_language=args.language,
+                       device=args.device, precision=args.precision, seed=args.seed)
 
 
 def _combined(args, recipe: tuple[str, ...]) -> Path:

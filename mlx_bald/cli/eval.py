@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from mlx_bald.cli.data_args import SET_FORMS, add_column_args
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -14,19 +16,8 @@ def register(sub) -> argparse.ArgumentParser:
                     "normaliser; other languages Whisper's basic normaliser (lowercase, punctuation removed).")
     p.add_argument("--model", default=None, help="model name or folder (default: the default model)")
     p.add_argument("--set", dest="set_spec", default="librivox", metavar="SET",
-                   help="librivox | fillets-<lang>[:train|dev|test] (e.g. fillets-cs:test) | "
-                        "asterisk-<lang>[:train|dev|test] (en, es, fr, ru; e.g. asterisk-en:test) | your "
-                        "labelled data: a manifest PATH.jsonl or PATH.csv (columns audio, text, optional "
-                        "language), an audiofolder or save_to_disk folder PATH[:split], or a Hugging Face "
-                        "hub dataset hf:NAME[:CONFIG]:SPLIT (needs internet; e.g. "
-                        "hf:mozilla-foundation/common_voice_17_0:cs:test) (default: librivox)")
-    p.add_argument("--audio-column", default=None,
-                   help="your data's audio column (default: audio; file_name in an audiofolder's metadata)")
-    p.add_argument("--text-column", default=None,
-                   help="your data's transcript column (default: the first of text, sentence, transcription)")
-    p.add_argument("--language", default=None,
-                   help="the language of your data where it has no language/locale column (a Whisper "
-                        "code such as en or cs, or its name)")
+                   help=f"{SET_FORMS} (default: librivox)")
+    add_column_args(p)
     p.add_argument("--engine", choices=["mlx", "torch"], default="mlx",
                    help="mlx (the runtime) or torch (transformers reference)")
     p.add_argument("--decode", choices=["greedy", "fallback"], default="greedy",

@@ -2,7 +2,9 @@
 sequences in Whisper's prompt format, cached encoder states, shuffled padded batches."""
 from __future__ import annotations
 
+import hashlib
 import random
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -48,8 +50,18 @@ def token_sequence(text: str, language: str | None, multilingual: bool = True,
     return prompt + body + [tok.eot], len(prompt)
 
 
+def cache_name(spec: str) -> str:
+    """A folder name for a set or model spec: a built-in name as it is (fillets-cs:train ->
+    fillets-cs-train); a user's path or hub id a readable tail plus a hash of the whole spec, so
+    two specs never share a folder and a path never escapes the cache."""
+    if re.fullmatch(r"[A-Za-z0-9._-]+(:[a-z]+)?", spec) and not spec.startswith("."):
+        return spec.replace(":", "-")
+    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.rstrip("/").split("/")[-1])[-40:].strip("-.")
+    return f"{tail or 'set'}-{hashlib.sha1(spec.encode()).hexdigest()[:10]}"
+
+
 def encoder_cache_dir(model_name: str, set_name: str) -> Path:
-    return cache_dir() / "encoder-cache" / model_name / set_name.replace(":", "-")
+    return cache_dir() / "encoder-cache" / cache_name(model_name) / cache_name(set_name)
 
 
 def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip],
@@ -67,16 +79,29 @@ def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip
 
 class EpochBatches(Sequence[dict]):
     """One epoch's batches, each collated (its encoder states loaded) only when indexed, so a
-    resumed training run skips the batches before its resume point without building them."""
+    resumed training run skips the batches before its resume point without building them.
+    ``label_tokens(chunk)`` counts a chunk's label tokens, so that ``shard`` can collate only
+    one rank's rows and still tell the loss the global batch's count."""
 
-    def __init__(self, chunks: list, make: Callable[[object], dict]):
-        self._chunks, self._make = chunks, make
+    def __init__(self, chunks: list, make: Callable[[object], dict],
+                 label_tokens: Callable[[object], int] | None = None):
+        self._chunks, self._make, self._label_tokens = chunks, make, label_tokens
 
     def __len__(self) -> int:
         return len(self._chunks)
 
     def __getitem__(self, i: int) -> dict:  # type: ignore[override]
         return self._make(self._chunks[i])
+
+    def shard(self, shard) -> Sequence[dict]:
+        """The same batches, each cut to ``shard``'s rows (hardware.Shard) before collating."""
+        if self._label_tokens is None:
+            raise TypeError("this epoch cannot count its label tokens; shard collated batches instead")
+
+        def make(chunk):
+            return self._make(chunk[shard.rows(len(chunk))]) | {
+                "global_label_tokens": torch.tensor(self._label_tokens(chunk))}
+        return EpochBatches(self._chunks, make)
 
 
 Row = tuple[str, list[int], int]  # (clip id, token sequence, prompt length)
@@ -115,7 +140,8 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
             ranked = sorted(order[p:p + pool], key=lambda i: len(seqs[i][1]))
             chunks += [ranked[s:s + batch_size] for s in range(0, len(ranked), batch_size)]
         rng.shuffle(chunks)
-        return EpochBatches(chunks, lambda chunk: make([seqs[i] for i in chunk]))
+        return EpochBatches(chunks, lambda chunk: make([seqs[i] for i in chunk]),
+                            lambda chunk: sum(len(seqs[i][1]) - seqs[i][2] for i in chunk))
     return make_batches
 
 

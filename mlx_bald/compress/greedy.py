@@ -22,9 +22,9 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
     prompt = prompt[:-2] if len(prompt) > 2 else prompt  # drop the encoded " " and eot
     prompt = [t for t in prompt if t != tok.eot]
     b = encoder_states.shape[0]
-    dtype = next(model.parameters()).dtype
-    enc = (encoder_states.to(dtype),)
-    ids = torch.tensor([prompt] * b)
+    weight = next(model.parameters())
+    enc = (encoder_states.to(weight.device, weight.dtype),)
+    ids = torch.tensor([prompt] * b, device=weight.device)
     out = model(encoder_outputs=enc, decoder_input_ids=ids, use_cache=True)
     past, done = out.past_key_values, torch.zeros(b, dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(b)]
@@ -32,7 +32,7 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
     for _ in range(max_new_tokens):
         logits[:, tok.no_timestamps:] = -float("inf")  # no timestamps, no special tokens
         logits[:, tok.eot + 1:tok.no_timestamps] = -float("inf")
-        nxt = logits.argmax(-1)
+        nxt = logits.argmax(-1).cpu()
         for i in range(b):
             if not done[i]:
                 if int(nxt[i]) == tok.eot:
@@ -41,7 +41,7 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
                     generated[i].append(int(nxt[i]))
         if bool(done.all()):
             break
-        out = model(encoder_outputs=enc, decoder_input_ids=nxt[:, None], past_key_values=past, use_cache=True)
+        out = model(encoder_outputs=enc, decoder_input_ids=nxt[:, None].to(weight.device), past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
     return [tok.decode(g).strip() for g in generated]
 
@@ -96,11 +96,11 @@ def dev_cross_entropy(model, clips, cache, batch_size: int = 16, max_tokens: int
     from mlx_bald.compress.data import batches_from_cache
 
     model.eval()
-    dtype = next(model.parameters()).dtype
+    weight = next(model.parameters())
     total, count = 0.0, 0
     for b in batches_from_cache(clips, cache, batch_size, 0, max_tokens=max_tokens)(0):
-        logits = model(encoder_outputs=(b["encoder_hidden_states"].to(dtype),),
-                       decoder_input_ids=b["decoder_input_ids"], use_cache=False).logits
+        logits = model(encoder_outputs=(b["encoder_hidden_states"].to(weight.device, weight.dtype),),
+                       decoder_input_ids=b["decoder_input_ids"].to(weight.device), use_cache=False).logits.cpu()
         mask = b["labels"] != -100
         total += F.cross_entropy(logits[mask].float(), b["labels"][mask], reduction="sum").item()
         count += int(mask.sum())

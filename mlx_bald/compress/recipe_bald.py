@@ -30,6 +30,7 @@ from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, se
 from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
+from mlx_bald.compress.hardware import barrier, check_precision, init_from_env, is_main, main_first, resolve_device
 from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
 from mlx_bald.compress.targets import Precomputed
 from mlx_bald.errors import MlxBaldError
@@ -67,7 +68,24 @@ class BaldOptions:
     # compute the constant inputs of training once (cross-attention K/V, the teacher's targets;
     # compress/targets.py) instead of at every step; off = the live path, for comparison
     precompute: bool = True
+    # labelled data of your own (load_set specs: a manifest, an audiofolder, hf:NAME:SPLIT, a
+    # built-in set); None: the fillets-<lang> split. Columns/language as in mlx_bald.data.load_set.
+    train_set: str | None = None
+    dev_set: str | None = None
+    test_set: str | None = None
+    audio_column: str | None = None
+    text_column: str | None = None
+    data_language: str | None = None
+    device: str = "auto"  # auto: cuda, then mps, then cpu (hardware.resolve_device)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast
     seed: int = 0
+
+    def set_spec(self, split: str) -> str:
+        """The load_set spec of a split (train, dev, test); your own data's final table is on
+        its test set, or on its dev set when it has none."""
+        if split == "test" and self.train_set and not self.test_set:
+            return self.set_spec("dev")
+        return getattr(self, f"{split}_set") or f"fillets-{self.lang}:{split}"
 
 
 def _log(msg: str) -> None:
@@ -82,37 +100,51 @@ class _Run:
     """Shared state: data, caches, the report written after every stage."""
 
     def __init__(self, o: BaldOptions):
-        from mlx_bald.data import load_set
         from mlx_bald.torch_ref import load_torch_model
 
         self.o, self.work = o, Path(o.out) / "work"
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.device = resolve_device(o.device)
+        check_precision(o.precision)
+        init_from_env(self.device)  # under torchrun: join the ranks (a no-op otherwise)
+        if is_main():
+            self.work.mkdir(parents=True, exist_ok=True)
         self.report_path = Path(o.out) / "report.json"
         self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
         self.report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
         self.t0 = time.time()
-        self.base = copy.deepcopy(load_torch_model(o.model)).eval()
-        sets = {s: f"fillets-{o.lang}:{s}" for s in ("train", "dev")}
-        self.train = subset(load_set(sets["train"]), o.max_train_clips, o.seed)
-        self.dev = load_set(sets["dev"])[: o.dev_clips]
+        self.base = copy.deepcopy(load_torch_model(o.model)).to(self.device).eval()
+        sets = {s: o.set_spec(s) for s in ("train", "dev")}
+        self.train = subset(self.load(sets["train"]), o.max_train_clips, o.seed)
+        self.dev = self.load(sets["dev"])[: o.dev_clips]
         self.caches = {}
         for split, clips in (("dev", self.dev), ("train", self.train)):
-            self.caches[split] = ensure_encoder_cache(self.base, o.model, sets[split], clips)
+            with main_first():  # rank 0 encodes, the other ranks find its cache
+                self.caches[split] = ensure_encoder_cache(self.base, o.model, sets[split], clips)
         self.cache_of = {c.id: self.caches["train"] for c in self.train}
         self.audio_sets = {sets["train"]: len(self.train)}
         if o.general:
             for name in o.extra_audio:
                 extra = set_subset(name, o.extra_clips, o.seed)
-                folder = ensure_encoder_cache(self.base, o.model, name, extra)
+                with main_first():
+                    folder = ensure_encoder_cache(self.base, o.model, name, extra)
                 self.train += extra
                 self.audio_sets[name] = len(extra)
                 self.cache_of |= {c.id: folder for c in extra}
         self.pre = Precomputed(self.base, self.cache_of, self.work) if o.precompute else None
 
+    def load(self, spec: str) -> list:
+        from mlx_bald.data import load_set
+
+        o = self.o
+        return load_set(spec, audio_column=o.audio_column, text_column=o.text_column, language=o.data_language)
+
     def save_report(self, **updates) -> None:
+        """Update the report; rank 0 writes it."""
         self.report.update(updates)
         self.report["wall_seconds"] = round(time.time() - self.t0 + self.report.get("_prior_wall", 0), 1)
         self.report["peak_rss_gib"] = round(max(_peak_rss_gib(), self.report.get("peak_rss_gib", 0)), 2)
+        if not is_main():
+            return
         tmp = self.report_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.report, indent=2))
         tmp.replace(self.report_path)
@@ -125,14 +157,15 @@ class _Run:
             hidden = sorted({t for _, t in cfg.hidden_map}) if cfg.hidden_weight > 0 else []
             needs_teacher = cfg.kd_weight > 0 or bool(hidden)
             rows = token_rows(self.train, texts, max_tokens=self.o.max_tokens)
-            extras, states = self.pre.extras(student, teacher if needs_teacher else None, rows,
+            with main_first():  # rank 0 builds the K/V and target caches
+                extras, states = self.pre.extras(student, teacher if needs_teacher else None, rows,
                                              "pseudo-labels" if texts else "labels", hidden)
         return batches_from_cache(self.train, self.cache_of, self.o.batch_size,
                                   self.o.seed + seed_offset, texts=texts,
                                   max_tokens=self.o.max_tokens, extras=extras, encoder_states=states)
 
     def cfg(self, steps: int, lr: float | None = None, **kw) -> DistillConfig:
-        return DistillConfig(lr=lr or self.o.lr, steps=steps, seed=self.o.seed,
+        return DistillConfig(lr=lr or self.o.lr, steps=steps, seed=self.o.seed, precision=self.o.precision,
                              checkpoint_every=max(50, steps // 4), **kw)
 
     def student_cfg(self, steps: int, spec: CompressionSpec, **kw) -> DistillConfig:
@@ -152,10 +185,11 @@ class _Run:
 def _pseudo_labels(run: _Run) -> dict[str, str]:
     """The original base's own greedy transcripts of the training audio (no labels used),
     in each clip's language; saved after every batch and completed on a rerun."""
-    return greedy_pseudo_labels(
-        run.base, [c.id for c in run.train], {c.id: c.language for c in run.train},
-        lambda chunk: torch.stack([load_cached_encoder_output(run.cache_of[i], i) for i in chunk]),
-        run.work / "pseudo_labels.json", "pseudo-labels")
+    with main_first():
+        return greedy_pseudo_labels(
+            run.base, [c.id for c in run.train], {c.id: c.language for c in run.train},
+            lambda chunk: torch.stack([load_cached_encoder_output(run.cache_of[i], i) for i in chunk]),
+            run.work / "pseudo_labels.json", "pseudo-labels")
 
 
 def _teacher(run: _Run):
@@ -166,12 +200,14 @@ def _teacher(run: _Run):
     done = run.work / "teacher"
     if (done / "model.safetensors").exists():
         from transformers import WhisperForConditionalGeneration
-        return WhisperForConditionalGeneration.from_pretrained(done, dtype=torch.float32).eval()
+        return WhisperForConditionalGeneration.from_pretrained(done, dtype=torch.float32).to(run.device).eval()
     _log(f"teacher fine-tune: {o.teacher_steps} steps on {len(run.train)} clips")
     teacher = copy.deepcopy(run.base)
     cfg = run.cfg(o.teacher_steps, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
     train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
-    teacher.save_pretrained(done)
+    if is_main():
+        teacher.save_pretrained(done)
+    barrier()
     run.save_report(teacher={"dev_wer": run.dev_wer(teacher), "dev_ce": run.dev_ce(teacher), "steps": o.teacher_steps,
                              "params": count_parameters(teacher)})
     return teacher.eval()
@@ -219,6 +255,8 @@ def run_bald(o: BaldOptions) -> Path:
     """Run the recipe; returns the final compressed checkpoint folder (``out/student``)."""
     if o.embed_init not in ("whiten", "svd"):
         raise MlxBaldError(f"embed_init must be 'whiten' or 'svd', not {o.embed_init!r}")
+    if o.train_set and not o.dev_set:
+        raise MlxBaldError("--train needs --dev: a held-out labelled set for the alpha search and the stage checks")
     run = _Run(o)
     run.save_report(base={"params": count_parameters(run.base), "dev_wer": run.report.get("base", {}).get("dev_wer")
                           or run.dev_wer(run.base)})
@@ -226,7 +264,7 @@ def run_bald(o: BaldOptions) -> Path:
     teacher = _teacher(run)
     alphas = _search(run, teacher, texts)
     spec = _merge_spec(o, alphas, run.base.config.decoder_layers)
-    spec.notes = {"teacher": "whisper-base" if o.general else f"whisper-base fine-tuned on fillets-{o.lang}:train",
+    spec.notes = {"teacher": "whisper-base" if o.general else f"whisper-base fine-tuned on {o.set_spec('train')}",
                   "student": "general" if o.general else f"specialised-{o.lang}", "seed": o.seed,
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
@@ -237,7 +275,9 @@ def run_bald(o: BaldOptions) -> Path:
         student = apply_spec(copy.deepcopy(teacher), spec)
         cfg = run.student_cfg(o.merge_steps, spec)
         train_decoder(student, teacher, run.batches(texts, 2, student, teacher, cfg), cfg, run.work / "merged-ckpt")
-        save_compressed(student, spec, merged_dir)
+        if is_main():
+            save_compressed(student, spec, merged_dir)
+        barrier()
         run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                 "alphas": alphas})
     from mlx_bald.compress.model import load_compressed
@@ -245,6 +285,7 @@ def run_bald(o: BaldOptions) -> Path:
     if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps"):
         # embedding only: the student starts as the teacher
         student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)
+        student.to(run.device)
         _log(f"rank-{o.embedding_rank} embedding ({o.embed_init} init): {o.embed_steps} steps with feature distillation")
         resuming = (run.work / "embed-ckpt" / "distill_checkpoint.pt").is_file()
         started = run.report.get("embedding_init", {}).get("init", "svd")  # reports older than the option: svd
@@ -262,10 +303,13 @@ def run_bald(o: BaldOptions) -> Path:
             run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)})
         cfg = run.student_cfg(o.embed_steps, spec, feature_weight=0.1)
         train_decoder(student, teacher, run.batches(texts, 3, student, teacher, cfg), cfg, run.work / "embed-ckpt")
-        save_compressed(student, spec, final)
+        if is_main():
+            save_compressed(student, spec, final)
+        barrier()
         run.save_report(student={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                  "steps": o.embed_steps, "spec": spec.to_dict()})
-    _final_table(run, teacher, final)
+    if is_main():  # the other ranks are done: their training share is in the checkpoints
+        _final_table(run, teacher, final)
     return final
 
 
@@ -290,11 +334,10 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     """WER of every stage on the language's test split and on LibriVox (English), decoded
     greedily on cached encoder states (all stages share base's encoder), plus parameters."""
     from mlx_bald.compress.model import load_compressed
-    from mlx_bald.data import load_set
 
     o = run.o
-    sets = {"test": f"fillets-{o.lang}:test", "librivox": "librivox"}
-    clips = {k: load_set(v) for k, v in sets.items()}
+    sets = {"test": o.set_spec("test"), "librivox": "librivox"}
+    clips = {k: run.load(v) for k, v in sets.items()}
     caches = {k: ensure_encoder_cache(run.base, o.model, sets[k], clips[k]) for k in sets}
     # {row: (checkpoint folder, None for base; model)}: a rerun after a continued stage loads
     # and re-scores only the checkpoints that changed
@@ -302,9 +345,9 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     if not o.general:
         stages["teacher"] = (run.work / "teacher", lambda: teacher)
     if (run.work / "merged" / "model.safetensors").is_file():
-        stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0])
+        stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0].to(run.device))
     final_name = "merged+lowrank-embedding" if "merged" in stages else "lowrank-embedding"
-    stages[final_name] = (final, lambda: load_compressed(final)[0])
+    stages[final_name] = (final, lambda: load_compressed(final)[0].to(run.device))
     scored = run.report.get("table_rows", {})
     rows = []
     for name, (folder, load) in stages.items():

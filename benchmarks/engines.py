@@ -27,11 +27,9 @@ WINDOW = 30 * SAMPLE_RATE
 
 def prompt_tokens(n_vocab: int) -> list[int]:
     """<|startoftranscript|>(<|en|><|transcribe|>)<|notimestamps|> for the model's vocabulary."""
-    from mlx_whisper.tokenizer import get_tokenizer
+    from mlx_bald.vocab import tokenizer_for
 
-    multilingual = n_vocab >= 51865
-    tok = get_tokenizer(multilingual, num_languages=n_vocab - 51765 - int(multilingual),
-                        language="en" if multilingual else None, task="transcribe")
+    tok = tokenizer_for(n_vocab, "en", "transcribe")
     return list(tok.sot_sequence_including_notimestamps)
 
 

@@ -11,6 +11,7 @@ from safetensors.numpy import save_file
 
 from converters.whisper_names import mlx_to_hf
 from mlx_bald.fsutil import atomic_dir
+from mlx_bald.vocab import is_multilingual
 
 
 def to_mlx_layout(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -56,11 +57,11 @@ def hf_config(dims: dict, n_special_offset: int) -> dict:
 
 def generation_config(dims: dict, ct2_config: dict) -> dict:
     """The generation config transformers' Whisper generate() needs (languages, tasks, ids)."""
-    from mlx_whisper.tokenizer import get_tokenizer  # tiktoken-based; no MLX import
+    from mlx_bald.vocab import num_languages, tokenizer_for
 
-    multilingual = dims["n_vocab"] >= 51865
-    n_lang = dims["n_vocab"] - 51765 - int(multilingual)
-    tok = get_tokenizer(multilingual, num_languages=n_lang)
+    multilingual = is_multilingual(dims["n_vocab"])
+    n_lang = num_languages(dims["n_vocab"])
+    tok = tokenizer_for(dims["n_vocab"])
     special = tok.special_tokens
     cfg = {
         "decoder_start_token_id": tok.sot, "eos_token_id": tok.eot, "pad_token_id": tok.eot,
@@ -82,7 +83,7 @@ def generation_config(dims: dict, ct2_config: dict) -> dict:
 def write_hf_folder(weights: dict[str, np.ndarray], dims: dict, ct2_config: dict, out: Path,
                     tokenizer_json: Path | None = None) -> Path:
     tensors = {mlx_to_hf(k): np.ascontiguousarray(v) for k, v in weights.items()}
-    multilingual = dims["n_vocab"] >= 51865
+    multilingual = is_multilingual(dims["n_vocab"])
     with atomic_dir(out, overwrite=True) as tmp:
         save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         cfg = hf_config(dims, int(multilingual))

@@ -47,12 +47,12 @@ def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: s
     temperatures, as Whisper's own transcribe does (seeded, so a run is reproducible)."""
     import torch
     from transformers import WhisperFeatureExtractor
-    from mlx_whisper.tokenizer import get_tokenizer
+    from mlx_bald.vocab import is_multilingual, tokenizer_for
 
     m = load_torch_model(str(model))
     fe = WhisperFeatureExtractor(feature_size=m.config.num_mel_bins)
     feats = fe(audio[: 30 * 16000], sampling_rate=16000, return_tensors="pt").input_features
-    multilingual = m.config.vocab_size >= 51865
+    multilingual = is_multilingual(m.config.vocab_size)
     kwargs = {"language": language, "task": "transcribe"} if multilingual and language else {}
     if fallback:
         torch.manual_seed(seed)
@@ -60,6 +60,6 @@ def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: s
                    "compression_ratio_threshold": TORCH_COMPRESSION_RATIO_THRESHOLD}
     with torch.no_grad():
         out = m.generate(feats, max_new_tokens=max_new_tokens, **kwargs)
-    tok = get_tokenizer(multilingual, num_languages=m.config.vocab_size - 51765 - int(multilingual))
+    tok = tokenizer_for(m.config.vocab_size)
     ids = [t for t in out[0].tolist() if t < tok.eot]
     return tok.decode(ids).strip()

@@ -84,9 +84,10 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder (report.json, student/, mlx/)")
     p.add_argument("--name", default=None, help="register the MLX result under this model name "
                    "(--general: whisper-base-bald, which then becomes the default model)")
-    p.add_argument("--groups", type=_groups, default=[[0, 1], [2, 3], [4, 5]],
+    p.add_argument("--groups", type=_groups, default=None,
                    help="decoder layers merged together, e.g. 0-1,2-3,4-5; layers in no group stay as they "
-                        "are (4-5 merges one pair); 'none': no merge, only the low-rank embedding")
+                        "are (4-5 merges one pair); 'none': no merge, only the low-rank embedding; "
+                        "default: adjacent pairs of the model's decoder layers (0-1,2-3,4-5 for base)")
     p.add_argument("--alpha", type=float, default=None,
                    help="weight of the lower layer of each pair (beta = 1 - alpha); default: search")
     p.add_argument("--search-grid", type=lambda s: [float(x) for x in s.split(",")],
@@ -223,7 +224,7 @@ def _bald_options(args, out: Path):
     from mlx_bald.compress.recipe_bald import BaldOptions
 
     return BaldOptions(out=out, model=args.model, lang=args.lang, general=args.general,
-                       groups=args.groups, alphas=None if args.alpha is None else [args.alpha] * len(args.groups),
+                       groups=args.groups, alphas=None if args.alpha is None else [args.alpha],
                        search_grid=args.search_grid, search_steps=args.search_steps,
                        embedding_rank=args.rank, embed_init=args.embed_init, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
@@ -272,8 +273,9 @@ def _vetted_name(name: str | None, report: Path) -> str | None:
 
     if name != DEFAULT_COMPRESSED:
         return name
-    rows = {r["model"]: r for r in (json.loads(report.read_text()).get("table", []) if report.exists() else [])}
-    base = rows.get("whisper-base", {})
+    data = json.loads(report.read_text()) if report.exists() else {}
+    rows = {r["model"]: r for r in data.get("table", [])}
+    base = rows.get(data.get("options", {}).get("model", "whisper-base"), {})  # the source model's row
     got = rows.get("merged+lowrank-embedding") or rows.get("lowrank-embedding") or {}  # the final student
     if "wer_librivox" in base and "wer_librivox" in got and got["wer_librivox"] <= base["wer_librivox"] + ENGLISH_GATE:
         return name

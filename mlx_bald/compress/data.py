@@ -14,6 +14,9 @@ import torch
 
 from mlx_bald.data.clips import Clip
 from mlx_bald.paths import cache_dir
+from mlx_bald.vocab import is_multilingual, tokenizer_for
+
+BASE_VOCAB = 51865  # whisper-base's; pass a model's config.vocab_size for any other Whisper
 
 IGNORE = -100
 
@@ -31,18 +34,17 @@ def features(clip: Clip, n_mels: int = 80) -> torch.Tensor:
     return fe(clip.audio[: 30 * 16000], sampling_rate=16000, return_tensors="pt").input_features[0]
 
 
-@lru_cache(maxsize=4)
-def tokenizer(multilingual: bool = True, num_languages: int = 99):
-    from mlx_whisper.tokenizer import get_tokenizer  # tiktoken; the same tokenizer MLX decodes with
-
-    return get_tokenizer(multilingual, num_languages=num_languages)
+def tokenizer(vocab: int = BASE_VOCAB):
+    """The tokenizer of a model with ``vocab`` tokens (the one MLX decodes with)."""
+    return tokenizer_for(vocab)
 
 
-def token_sequence(text: str, language: str | None, multilingual: bool = True,
+def token_sequence(text: str, language: str | None, vocab: int = BASE_VOCAB,
                    max_tokens: int = 120) -> tuple[list[int], int]:
-    """([sot, lang, transcribe, notimestamps] + text + [eot], prompt length). Long texts are
-    cut (the eot is kept) so a batch stays small on CPU."""
-    tok = tokenizer(multilingual)
+    """([sot, lang, transcribe, notimestamps] + text + [eot], prompt length) in the tokens of a
+    model with ``vocab`` tokens. Long texts are cut (the eot is kept) so a batch stays small on CPU."""
+    tok = tokenizer(vocab)
+    multilingual = is_multilingual(vocab)
     prompt = list(tok.sot_sequence_including_notimestamps) if multilingual else [tok.sot, tok.no_timestamps]
     if multilingual and language:
         prompt = [tok.sot, tok.to_language_token(language), tok.transcribe, tok.no_timestamps]
@@ -109,15 +111,15 @@ Row = tuple[str, list[int], int]  # (clip id, token sequence, prompt length)
 BatchExtra = Callable[[list[Row], int], dict[str, torch.Tensor]]
 
 
-def token_rows(clips: list[Clip], texts: dict[str, str] | None = None, multilingual: bool = True,
+def token_rows(clips: list[Clip], texts: dict[str, str] | None = None, vocab: int = BASE_VOCAB,
                max_tokens: int = 120) -> list[Row]:
     """Each clip's (id, token sequence, prompt length); ``texts`` overrides the reference per clip id."""
-    return [(c.id, *token_sequence((texts or {}).get(c.id, c.text), c.language, multilingual, max_tokens))
+    return [(c.id, *token_sequence((texts or {}).get(c.id, c.text), c.language, vocab, max_tokens))
             for c in clips]
 
 
 def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batch_size: int = 8, seed: int = 0,
-                       texts: dict[str, str] | None = None, multilingual: bool = True,
+                       texts: dict[str, str] | None = None, vocab: int = BASE_VOCAB,
                        max_tokens: int = 120, extras: Sequence[BatchExtra] = (),
                        encoder_states: bool = True) -> Callable[[int], EpochBatches]:
     """``make_batches(epoch)`` for distill.train_decoder: shuffled by (seed, epoch), padded.
@@ -125,8 +127,8 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
     ``cache``: one folder, or {clip id: folder} for clips from several sets. ``extras`` add
     precomputed tensors to each batch (targets.py); ``encoder_states=False`` leaves the
     encoder states out (a batch that carries its cross-attention K/V does not read them)."""
-    seqs = token_rows(clips, texts, multilingual, max_tokens)
-    make = collate_fn(cache, extras, encoder_states)
+    seqs = token_rows(clips, texts, vocab, max_tokens)
+    make = collate_fn(cache, extras, encoder_states, vocab)
 
     def make_batches(epoch: int) -> EpochBatches:
         # Shuffle, then sort by length inside pools of 16 batches, so a batch pads to a
@@ -146,7 +148,7 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
 
 
 def collate_fn(cache: Path | Mapping[str, Path], extras: Sequence[BatchExtra] = (),
-               encoder_states: bool = True) -> Callable[[list[Row]], dict]:
+               encoder_states: bool = True, vocab: int = BASE_VOCAB) -> Callable[[list[Row]], dict]:
     """rows -> one batch: tokens, labels, (cached encoder states), and each extra's tensors."""
     from mlx_bald.compress.distill import load_cached_encoder_output
 
@@ -154,9 +156,9 @@ def collate_fn(cache: Path | Mapping[str, Path], extras: Sequence[BatchExtra] = 
 
     def make(rows: list[Row]) -> dict:
         if encoder_states:
-            batch = collate(rows, lambda cid: load_cached_encoder_output(folder(cid), cid))
+            batch = collate(rows, lambda cid: load_cached_encoder_output(folder(cid), cid), vocab)
         else:
-            inputs, labels = collate_tokens(rows)
+            inputs, labels = collate_tokens(rows, vocab)
             batch = {"decoder_input_ids": inputs, "labels": labels}
         for extra in extras:
             batch |= extra(rows, batch["decoder_input_ids"].shape[1])
@@ -164,12 +166,12 @@ def collate_fn(cache: Path | Mapping[str, Path], extras: Sequence[BatchExtra] = 
     return make
 
 
-def collate_tokens(chunk: Iterable[tuple[str, list[int], int]], multilingual: bool = True
+def collate_tokens(chunk: Iterable[tuple[str, list[int], int]], vocab: int = BASE_VOCAB
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(decoder_input_ids, labels) [B, T] of (id, token sequence, prompt length) rows: padded
     with eot, labels shifted by one, the prompt's language/task tokens ignored."""
     chunk = list(chunk)
-    eot = tokenizer(multilingual).eot
+    eot = tokenizer(vocab).eot
     width = max(len(ids) for _, ids, _ in chunk) - 1
     inputs = torch.full((len(chunk), width), eot, dtype=torch.long)
     labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
@@ -181,9 +183,10 @@ def collate_tokens(chunk: Iterable[tuple[str, list[int], int]], multilingual: bo
     return inputs, labels
 
 
-def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable[[str], torch.Tensor]) -> dict:
+def collate(chunk: Iterable[tuple[str, list[int], int]], encoder_state: Callable[[str], torch.Tensor],
+            vocab: int = BASE_VOCAB) -> dict:
     chunk = list(chunk)
-    inputs, labels = collate_tokens(chunk)
+    inputs, labels = collate_tokens(chunk, vocab)
     states = torch.stack([encoder_state(cid) for cid, _, _ in chunk])
     return {"encoder_hidden_states": states, "decoder_input_ids": inputs, "labels": labels}
 

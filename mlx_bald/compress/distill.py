@@ -161,16 +161,15 @@ def distill_losses(student: nn.Module, teacher: nn.Module | None, batch: dict[st
     student's final decoder states), used when the student's embedding is factored; the
     hidden term matches decoder layer outputs (``cfg.hidden_map``) on the label positions.
     Logits are computed on the label positions only. The teacher runs only when the batch
-    carries no cached targets (``teacher_final``/``teacher_hidden``, targets.py); with them,
-    only its output projection does."""
+    carries no cached targets (``teacher_logits``/``teacher_hidden``, targets.py)."""
     device = next(student.parameters()).device
     labels = batch["labels"].to(device)
     mask = labels != -100
     match = cfg.hidden_weight > 0 and bool(cfg.hidden_map)
-    cached = "teacher_final" in batch
+    cached = "teacher_logits" in batch
     t_logits = t_states = None
-    if teacher is None and (cfg.kd_weight > 0 or match):  # a plain fine-tune (no KD) needs no teacher
-        raise ValueError("distillation needs the teacher (with cached targets, for its output projection)")
+    if teacher is None and not cached and (cfg.kd_weight > 0 or match):  # a plain fine-tune needs no teacher
+        raise ValueError("distillation needs the teacher, or its cached targets (targets.py)")
     if not cached and (cfg.kd_weight > 0 or match):
         if "cross_kv" in batch:
             raise ValueError("a live teacher needs the batch's encoder states, not the student's cross K/V")
@@ -179,8 +178,7 @@ def distill_losses(student: nn.Module, teacher: nn.Module | None, batch: dict[st
             t_logits = teacher.proj_out(t_hidden[mask]) if cfg.kd_weight > 0 else None
     elif cached:
         if cfg.kd_weight > 0:
-            with torch.no_grad():
-                t_logits = teacher.proj_out(batch["teacher_final"].to(device)[mask])
+            t_logits = batch["teacher_logits"].to(device)[mask]
         if match:
             t_states = batch["teacher_hidden"].to(device)
     hidden_out, states = decoder_forward(student, batch, output_hidden_states=match)

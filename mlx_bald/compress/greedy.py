@@ -16,9 +16,9 @@ from mlx_bald.compress.data import token_sequence, tokenizer
 def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
                       max_new_tokens: int = 120) -> list[str]:
     """encoder_states [B, S, d] -> B texts (temperature 0, no timestamps)."""
-    multilingual = model.config.vocab_size >= 51865
-    tok = tokenizer(multilingual)
-    prompt, _ = token_sequence("", language, multilingual)
+    vocab = model.config.vocab_size
+    tok = tokenizer(vocab)
+    prompt, _ = token_sequence("", language, vocab)
     prompt = prompt[:-2] if len(prompt) > 2 else prompt  # drop the encoded " " and eot
     prompt = [t for t in prompt if t != tok.eot]
     b = encoder_states.shape[0]
@@ -98,7 +98,7 @@ def dev_cross_entropy(model, clips, cache, batch_size: int = 16, max_tokens: int
     model.eval()
     weight = next(model.parameters())
     total, count = 0.0, 0
-    for b in batches_from_cache(clips, cache, batch_size, 0, max_tokens=max_tokens)(0):
+    for b in batches_from_cache(clips, cache, batch_size, 0, vocab=model.config.vocab_size, max_tokens=max_tokens)(0):
         logits = model(encoder_outputs=(b["encoder_hidden_states"].to(weight.device, weight.dtype),),
                        decoder_input_ids=b["decoder_input_ids"].to(weight.device), use_cache=False).logits.cpu()
         mask = b["labels"] != -100

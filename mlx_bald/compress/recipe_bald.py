@@ -43,8 +43,8 @@ class BaldOptions:
     model: str = "whisper-base"
     lang: str = "cs"
     general: bool = False
-    groups: list[list[int]] = field(default_factory=lambda: [[0, 1], [2, 3], [4, 5]])
-    alphas: list[float] | None = None  # weight of the LOWER layer of each pair; None -> search
+    groups: list[list[int]] | None = None  # None: pairs of the model's own decoder layers (default_groups)
+    alphas: list[float] | None = None  # weight of the LOWER layer of each pair (one: every pair); None -> search
     search_grid: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65, 0.8])
     search_steps: int = 40
     embedding_rank: int = 96
@@ -88,6 +88,11 @@ class BaldOptions:
         return getattr(self, f"{split}_set") or f"fillets-{self.lang}:{split}"
 
 
+def default_groups(n_layers: int) -> list[list[int]]:
+    """Adjacent pairs of the decoder's layers (0-1, 2-3, ...); an odd last layer stays alone."""
+    return [[i, i + 1] for i in range(0, n_layers - 1, 2)]
+
+
 def _log(msg: str) -> None:
     print(f"[bald] {msg}", file=sys.stderr, flush=True)
 
@@ -110,9 +115,11 @@ class _Run:
             self.work.mkdir(parents=True, exist_ok=True)
         self.report_path = Path(o.out) / "report.json"
         self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
-        self.report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
         self.t0 = time.time()
         self.base = copy.deepcopy(load_torch_model(o.model)).to(self.device).eval()
+        if o.groups is None:
+            o.groups = default_groups(self.base.config.decoder_layers)
+        self.report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
         sets = {s: o.set_spec(s) for s in ("train", "dev")}
         self.train = subset(self.load(sets["train"]), o.max_train_clips, o.seed)
         self.dev = self.load(sets["dev"])[: o.dev_clips]
@@ -156,12 +163,12 @@ class _Run:
         if student is not None and cfg is not None and self.pre is not None:
             hidden = sorted({t for _, t in cfg.hidden_map}) if cfg.hidden_weight > 0 else []
             needs_teacher = cfg.kd_weight > 0 or bool(hidden)
-            rows = token_rows(self.train, texts, max_tokens=self.o.max_tokens)
+            rows = token_rows(self.train, texts, self.base.config.vocab_size, self.o.max_tokens)
             with main_first():  # rank 0 builds the K/V and target caches
                 extras, states = self.pre.extras(student, teacher if needs_teacher else None, rows,
                                              "pseudo-labels" if texts else "labels", hidden)
         return batches_from_cache(self.train, self.cache_of, self.o.batch_size,
-                                  self.o.seed + seed_offset, texts=texts,
+                                  self.o.seed + seed_offset, texts=texts, vocab=self.base.config.vocab_size,
                                   max_tokens=self.o.max_tokens, extras=extras, encoder_states=states)
 
     def cfg(self, steps: int, lr: float | None = None, **kw) -> DistillConfig:
@@ -231,8 +238,8 @@ def _search(run: _Run, teacher, texts) -> list[float]:
     cross-entropy (merged students start near-random, so short-trained greedy WER is 100 for
     all of them and cannot rank them); every trial kept in the report."""
     o = run.o
-    if o.alphas is not None or not o.groups:
-        return list(o.alphas or [])
+    if o.alphas is not None or not o.groups:  # one given alpha serves every pair
+        return list(o.alphas or []) * (len(o.groups) if o.alphas and len(o.alphas) == 1 else 1)
     trials = run.report.get("search", [])
     tried = {t["alpha"] for t in trials}
     for alpha in o.search_grid:
@@ -264,7 +271,7 @@ def run_bald(o: BaldOptions) -> Path:
     teacher = _teacher(run)
     alphas = _search(run, teacher, texts)
     spec = _merge_spec(o, alphas, run.base.config.decoder_layers)
-    spec.notes = {"teacher": "whisper-base" if o.general else f"whisper-base fine-tuned on {o.set_spec('train')}",
+    spec.notes = {"teacher": o.model if o.general else f"{o.model} fine-tuned on {o.set_spec('train')}",
                   "student": "general" if o.general else f"specialised-{o.lang}", "seed": o.seed,
                   "train_clips": len(run.train), "train_audio": run.audio_sets}
 
@@ -341,7 +348,7 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     caches = {k: ensure_encoder_cache(run.base, o.model, sets[k], clips[k]) for k in sets}
     # {row: (checkpoint folder, None for base; model)}: a rerun after a continued stage loads
     # and re-scores only the checkpoints that changed
-    stages = {"whisper-base": (None, lambda: run.base)}
+    stages = {o.model: (None, lambda: run.base)}  # the source model's row comes first
     if not o.general:
         stages["teacher"] = (run.work / "teacher", lambda: teacher)
     if (run.work / "merged" / "model.safetensors").is_file():

@@ -70,12 +70,12 @@ class DecoderKL:
         self.decoder, self.head = model.model.decoder, model.proj_out
         for p in list(self.decoder.parameters()) + list(self.head.parameters()):
             p.requires_grad_(False)
-        self.multilingual = model.config.vocab_size >= 51865
-        self.seqs = {i: token_sequence(texts[i], languages[i], self.multilingual, max_tokens) for i in texts}
+        self.vocab = model.config.vocab_size
+        self.seqs = {i: token_sequence(texts[i], languages[i], self.vocab, max_tokens) for i in texts}
         self.weight, self.temperature = weight, temperature
 
     def _tokens(self, ids: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        inputs, labels = collate_tokens(((i, *self.seqs[i]) for i in ids), self.multilingual)
+        inputs, labels = collate_tokens(((i, *self.seqs[i]) for i in ids), self.vocab)
         return inputs, labels != IGNORE
 
     def _logits(self, inputs: torch.Tensor, states: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,9 @@
   to 1, bias included), so its K/V are the same mix of theirs: one cache serves the teacher
   fine-tune, every alpha-search trial, the merge and the embedding stage.
 - The teacher's targets. The teacher is frozen and teacher-forced on fixed token sequences,
-  so its decoder states are stored once per clip: the final ones (its logits are then one
-  matmul with its output projection, so the KL stays exact; a top-k cache with one "rest"
-  bucket was measured 5x off in KL gradient at the recipe's T = 2, and 10% off even with the
-  tail tempered exactly) and the layers the hidden-state matching reads.
+  so its outputs are stored once per clip: its logits in fp32 (the KL stays exact; a top-k
+  cache with one "rest" bucket was measured 5x off in KL gradient at the recipe's T = 2, and
+  10% off even with the tail tempered exactly) and the layers the hidden-state matching reads.
 """
 from __future__ import annotations
 
@@ -136,9 +135,9 @@ def cross_kv_batch(folder: Path | Mapping[str, Path], mix: torch.Tensor
             for i, name in enumerate(("k", "v")):
                 for layer, parts in enumerate(terms):  # a merged layer: the weighted sum of its sources
                     dst = out[i, layer, b]
-                    dst.copy_(t[name][parts[0][0]]).mul_(parts[0][1])
+                    torch.mul(t[name][parts[0][0]], parts[0][1], out=dst)  # fp16 in, fp32 out: one pass
                     for src, w in parts[1:]:
-                        dst.add_(t[name][src].float(), alpha=w)
+                        dst.add_(t[name][src], alpha=w)
         return {"cross_kv": out}
     return extra
 
@@ -156,16 +155,15 @@ def cross_attention_cache(cross_kv: torch.Tensor):
 def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: Callable[[list[Row]], dict],
                           folder: Path, hidden_layers: Sequence[int] = (), batch_size: int = 8,
                           progress: bool = True) -> Path:
-    """Per clip: the teacher's ``final`` decoder states [T, d] (fp32; its output projection's
-    input, so the KL's logits are one matmul away and exact), the token ``ids`` they were made
-    for, and ``hidden`` [len(hidden_layers), T, d] (fp16): the output of each listed decoder
+    """Per clip: the teacher's ``logits`` [T, vocab] (fp32, so the KL is exact; ~4.8 MB a clip
+    of base at the 64-token cap), the token ``ids`` they were made for, and ``hidden`` [len(hidden_layers), T, d] (fp16): the output of each listed decoder
     layer (transformers' decoder_hidden_states[layer + 1]). ``make_batch(rows)`` collates rows
     into the teacher's inputs (a batch as distill takes it)."""
     from .distill import decoder_forward
 
     teacher.eval()
     _mark(folder, {"teacher": fingerprint(list(teacher.parameters())), "hidden_layers": list(hidden_layers),
-                   "format": "final-states"})
+                   "format": "logits"})
     by_id = {r[0]: r for r in rows}
 
     def compute(ids: list[str], _unused: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -174,7 +172,8 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
         out = []
         for i, (_, seq, _) in enumerate(chunk):
             t = len(seq) - 1
-            item = {"final": final[i, :t].float().contiguous(), "ids": torch.tensor(seq, dtype=torch.int32)}
+            item = {"logits": teacher.proj_out(final[i, :t]).float().contiguous(),
+                    "ids": torch.tensor(seq, dtype=torch.int32)}
             if hidden_layers:
                 item["hidden"] = torch.stack([states[l + 1][i, :t] for l in hidden_layers]).half()
             out.append(item)
@@ -187,13 +186,17 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
     missing = [cid for cid, seq, _ in rows if stale(cid, seq)]
     for cid in missing:
         clip_file(folder, cid).unlink(missing_ok=True)
+    if missing:
+        d, vocab = teacher.config.d_model, teacher.config.vocab_size
+        mean_t = sum(len(by_id[c][1]) - 1 for c in missing) / len(missing)
+        _check_room(folder, len(missing), int(mean_t * (vocab * 4 + len(hidden_layers) * d * 2)), "teacher targets")
     write_missing(folder, ((c, torch.zeros(())) for c in missing), compute, batch_size, "teacher targets", progress)
     return folder
 
 
 def teacher_targets_batch(folder: Path) -> Callable[[list[Row], int], dict[str, torch.Tensor]]:
     """A collate extra: the batch's cached teacher targets, padded to the batch width
-    (``teacher_final`` [B, T, d] and ``teacher_hidden`` [n, B, T, d] when cached)."""
+    (``teacher_logits`` [B, T, vocab] and ``teacher_hidden`` [n, B, T, d] when cached)."""
     def extra(rows: list[Row], width: int) -> dict[str, torch.Tensor]:
         items = []
         for cid, seq, _ in rows:
@@ -203,7 +206,7 @@ def teacher_targets_batch(folder: Path) -> Callable[[list[Row], int], dict[str, 
                                    f"remove that folder to rebuild them")
             items.append(t)
         pad = lambda x: F.pad(x, (0, 0, 0, width - x.shape[-2]))  # noqa: E731  (pads the time axis)
-        out = {"teacher_final": torch.stack([pad(t["final"]) for t in items])}
+        out = {"teacher_logits": torch.stack([pad(t["logits"]) for t in items])}
         if "hidden" in items[0]:
             out["teacher_hidden"] = torch.stack([pad(t["hidden"].float()) for t in items], 1)
         return out

@@ -24,6 +24,7 @@ from mlx_whisper.decoding import detect_language as detect_language_function
 from mlx_whisper.whisper import ModelDimensions
 
 from ..kernels import resolve_path
+from .. import vocab
 from ..spec import CompressionSpec
 from .layers import FactoredEmbedding, ResidualAttentionBlock
 
@@ -233,11 +234,11 @@ class Whisper(nn.Module):
 
     @property
     def is_multilingual(self) -> bool:
-        return self.dims.n_vocab >= 51865
+        return vocab.is_multilingual(self.dims.n_vocab)
 
     @property
     def num_languages(self) -> int:
-        return self.dims.n_vocab - 51765 - int(self.is_multilingual)
+        return vocab.num_languages(self.dims.n_vocab)
 
     detect_language = detect_language_function
     decode = decode_function

@@ -76,6 +76,12 @@ def register(sub) -> argparse.ArgumentParser:
     add_column_args(data)
     hw = p.add_argument_group("hardware (bald recipe)")
     hw.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
+    p.add_argument("--grad-accum", type=int, default=1,
+                   help="micro-batches of --batch-size (--layer-batch-size) per optimiser step: a larger "
+                        "effective batch in the same memory")
+    p.add_argument("--log-dir", default=None,
+                   help="write TensorBoard scalars (losses, learning rate) of every training stage here "
+                        "(needs the tensorboard package)")
     hw.add_argument("--precision", choices=PRECISIONS, default="fp32",
                     help="training arithmetic: fp32, or bf16/fp16 autocast (fp16 with a gradient scaler); "
                          "on a CPU without native bf16, bf16 is slower (benchmarks/README.md)")
@@ -172,7 +178,8 @@ def _encoder(args, out: Path):
                           epochs=args.layer_epochs, bridge_epochs=args.bridge_epochs, batch_size=args.layer_batch_size,
                           lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
                           recover_kl=args.recover_kl, recover_audio=tuple(args.recover_audio), train_audio=tuple(args.train_audio),
-                          audio_clips=args.audio_clips, init=args.init, seed=args.seed)
+                          audio_clips=args.audio_clips, init=args.init, grad_accum=args.grad_accum,
+                          log_dir=args.log_dir, seed=args.seed)
     return run_encoder(opts, out / "student")
 
 
@@ -234,7 +241,8 @@ def _bald_options(args, out: Path):
                        extra_audio=args.extra_audio, extra_clips=args.extra_clips, hidden_weight=args.hidden_weight,
                        precompute=args.precompute, train_set=args.train, dev_set=args.dev, test_set=args.test,
                        audio_column=args.audio_column, text_column=args.text_column, data_language=args.language,
-                       device=args.device, precision=args.precision, seed=args.seed)
+                       device=args.device, precision=args.precision, grad_accum=args.grad_accum,
+                       log_dir=args.log_dir, seed=args.seed)
 
 
 def _combined(args, recipe: tuple[str, ...]) -> Path:

@@ -3,7 +3,8 @@
 merge (decoder layer merging), embedding (low-rank tied embedding), twins (product-twin
 attention, low-rank FFN, LoRA), prune (encoder layers), model (spec <-> transformers model,
 compressed checkpoints), distill (BaldWhisper decoder distillation, encoder-output cache),
-layerwise (AdaPTwin layer-wise fine-tuning). The MLX runtime never imports this package.
+layer_cache (AdaPTwin layer-wise training on cached hidden states), trainer (the one training
+loop), hardware (device, precision, torchrun ranks). The MLX runtime never imports this package.
 """
 try:
     import torch  # noqa: F401
@@ -15,7 +16,7 @@ except ImportError as e:  # pragma: no cover - depends on the install
 from .distill import DistillConfig, cache_encoder_outputs, kd_kl_loss, load_cached_encoder_output, train_decoder
 from .embedding import (FactoredEmbedding, FactoredLMHead, embedding_distill_loss, factorize_embedding,
                         feature_distill_loss, install_factored_embedding)
-from .layerwise import LayerwiseConfig, layer_errors, layerwise_finetune
+from .trainer import TrainConfig, train
 from .merge import MERGE_FUNCTIONS, adjacent_pairs, merge_decoder, merge_layers, register_merge_function, \
     remap_alignment_heads
 from .model import (apply_spec, choose_ffn_ranks, ffn_input_rms, attention_module, build_from_spec, check_matches_spec, count_parameters,
@@ -26,7 +27,7 @@ from .twins import (LowRankLinear, LowRankWhisperAttention, bake_all_lora, choos
 
 __all__ = [
     "DistillConfig", "cache_encoder_outputs", "kd_kl_loss", "load_cached_encoder_output", "train_decoder",
-    "LayerwiseConfig", "layer_errors", "layerwise_finetune",
+    "TrainConfig", "train",
     "FactoredEmbedding", "FactoredLMHead", "embedding_distill_loss", "factorize_embedding",
     "feature_distill_loss", "install_factored_embedding", "MERGE_FUNCTIONS", "adjacent_pairs",
     "merge_decoder", "merge_layers", "register_merge_function", "remap_alignment_heads",

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import math
 import os
-import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +24,9 @@ from torch.nn import functional as F
 
 from .clip_store import Inputs, clip_file, write_missing
 from .embedding import FactoredEmbedding, embedding_distill_loss
-from .hardware import (Shard, all_reduce_grads, autocast, barrier, broadcast_params, grad_scaler, is_main, rank,
-                       shard_batch, world_size)
+from .hardware import Shard, rank, shard_batch, world_size
 from .logit_losses import ce_and_kl
+from .trainer import TrainConfig, seed_everything, train
 
 # ---- encoder-output cache ----------------------------------------------------------------
 @torch.no_grad()
@@ -84,19 +83,13 @@ def kd_kl_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask:
 
 
 @dataclass
-class DistillConfig:
-    lr: float = 1e-4
-    weight_decay: float = 0.01
+class DistillConfig(TrainConfig):
     steps: int = 1000
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     feature_weight: float = 0.1
     init_temperature: float = 2.0
     learn_temperature: bool = True
-    grad_clip: float = 1.0
-    checkpoint_every: int = 200
-    seed: int = 0
-    precision: str = "fp32"  # fp32, or autocast to bf16 / fp16 (a gradient scaler for fp16): hardware.py
     # The cross-attention key/value projections see only the frozen encoder's 1,500 frames per
     # clip: training them is most of a step's backward on CPU, so by default they stay frozen.
     train_cross_kv: bool = False
@@ -218,11 +211,6 @@ def hidden_match_loss(student_states: tuple[torch.Tensor, ...], teacher_states: 
     return total / max(len(pairs), 1)
 
 
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def _cycle(make_batches: Callable[[int], Iterable[dict]], skip: int = 0, shard: Shard = Shard()
            ) -> Iterator[tuple[int, dict]]:
     """Endless (epoch, batch) stream that starts after ``skip`` batches: an epoch given as a
@@ -293,26 +281,26 @@ def _prefetch(items: Iterator, depth: int = 2) -> Iterator:
         stop.set()
 
 
-def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable[[int], Iterable[dict]],
+def train_decoder(student: nn.Module, teacher: nn.Module | None, make_batches: Callable[[int], Iterable[dict]],
                   cfg: DistillConfig, out_dir: str | os.PathLike | None = None,
                   trainable: Callable[[str, nn.Parameter], bool] | None = None,
                   progress: bool = True) -> dict[str, float]:
     """Distil ``teacher`` into ``student`` for ``cfg.steps`` steps, on the device the student
-    is on, in ``cfg.precision``. ``make_batches(epoch)`` returns that epoch's (global) batches
-    (shuffle with the epoch as seed for reproducibility); under torchrun each rank trains on
-    its share of every batch and the gradients are averaged (hardware.py), so the result is
-    the one-process result. Only decoder parameters train by default (``trainable(name, p)``
-    overrides). With ``out_dir``, a checkpoint (student, optimiser, temperature, step) is
-    written by rank 0 every ``cfg.checkpoint_every`` steps and at the end, and training
-    resumes from it. Returns the mean losses of the last 50 steps (of this rank's rows)."""
-    from tqdm.auto import tqdm
-
-    _seed_everything(cfg.seed)
+    is on, with trainer.train (precision, accumulation, torchrun ranks, checkpoints).
+    ``make_batches(epoch)`` returns that epoch's (global) batches (shuffle with the epoch as
+    seed for reproducibility); under torchrun each rank trains on its share of every batch, so
+    the result is the one-process result. Only decoder parameters train by default
+    (``trainable(name, p)`` overrides). With ``out_dir``, a checkpoint (student, optimiser,
+    temperature, step) is written every ``cfg.checkpoint_every`` steps and at the end, and
+    training resumes from it. ``teacher`` may be None when the batches carry its cached
+    targets. Returns the mean losses of the last 50 steps (of this rank's rows)."""
+    seed_everything(cfg.seed)
     device = next(student.parameters()).device
     shard = Shard(rank(), world_size())
-    teacher.eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
+    if teacher is not None:
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     pick = trainable or (lambda name, p: ".decoder." in f".{name}" and (
         cfg.train_cross_kv or not re.search(r"encoder_attn\.[kv]_proj\.", name)))
     params = []
@@ -325,68 +313,19 @@ def train_decoder(student: nn.Module, teacher: nn.Module, make_batches: Callable
     groups = [{"params": params}]
     if cfg.learn_temperature:
         groups.append({"params": [temperature.log_t], "weight_decay": 0.0})
-    synced = params + ([temperature.log_t] if cfg.learn_temperature else [])
-    broadcast_params(synced)
-    # fused: one kernel per step instead of a dozen passes over the ~36M decoder parameters (same update)
-    opt = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
-    scaler = grad_scaler(device, cfg.precision)
-    teacher_emb = _dense_embedding(teacher)
+    teacher_emb = _dense_embedding(teacher) if teacher is not None else None
+
+    def stream(skip: int) -> Iterator[dict]:
+        batches = (b for _, b in _cycle(make_batches, skip, shard))  # the same order as an uninterrupted run
+        # measured on 2 CPU cores: a loader thread slows the step (1.01 vs 1.35 steps/s)
+        return _prefetch(batches) if device.type != "cpu" else batches
+
+    def loss_fn(batch: dict) -> dict[str, torch.Tensor]:
+        return distill_losses(student, teacher, batch, cfg, temperature, teacher_emb) | {"T": temperature().detach()}
 
     ckpt = Path(out_dir) / "distill_checkpoint.pt" if out_dir is not None else None
-    step, skip = 0, 0
-    if ckpt is not None and ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        student.load_state_dict(state["student"])
-        opt.load_state_dict(state["optimizer"])
-        temperature.load_state_dict(state["temperature"])
-        step = skip = state["step"]
-        torch.set_rng_state(state["torch_rng"].cpu())
-        random.setstate(state["py_rng"])
-
-    def save() -> None:
-        if ckpt is None or not is_main():
-            return
-        ckpt.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save({"student": student.state_dict(), "optimizer": opt.state_dict(),
-                    "temperature": temperature.state_dict(), "step": step, "config": asdict(cfg),
-                    "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}, tmp)
-        tmp.replace(ckpt)
-
-    student.train()
-    recent: list[dict[str, float]] = []
-    batches = _cycle(make_batches, skip, shard)  # the same data order as an uninterrupted run
-    if device.type != "cpu":  # measured on 2 CPU cores: a loader thread slows the step (1.01 vs 1.35 steps/s)
-        batches = _prefetch(batches)
-    bar = tqdm(total=cfg.steps, initial=step, desc="distill", disable=not progress or not is_main())
-    while step < cfg.steps:
-        _, batch = next(batches)
-        with autocast(device, cfg.precision):
-            losses = distill_losses(student, teacher, batch, cfg, temperature, teacher_emb)
-        loss = losses["loss"] * _token_share(batch, shard)
-        opt.zero_grad(set_to_none=True)
-        (scaler.scale(loss) if scaler else loss).backward()
-        all_reduce_grads(synced)
-        if scaler:
-            scaler.unscale_(opt)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        if scaler:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        step += 1
-        recent = (recent + [{k: v.item() for k, v in losses.items()} | {"T": temperature().item()}])[-50:]
-        bar.update(1)
-        bar.set_postfix(loss=f"{recent[-1]['loss']:.3f}", T=f"{recent[-1]['T']:.2f}")
-        if ckpt is not None and step % cfg.checkpoint_every == 0:
-            save()
-    bar.close()
-    save()
-    barrier()  # the other ranks go on only once rank 0's checkpoint is written
-    student.eval()
-    return {k: sum(r[k] for r in recent) / len(recent) for k in recent[0]} if recent else {}
+    return train({"student": student, "temperature": temperature}, groups, loss_fn, stream, cfg.steps, cfg, ckpt,
+                 desc="distill", progress=progress, weight=lambda b: _token_share(b, shard))
 
 
 def _token_share(batch: dict, shard: Shard) -> float:

@@ -1,8 +1,7 @@
 """Encoder hidden states cached on disk, and a layer trainer that reads them.
 
 AdaPTwin's layer-wise objective is ||T'(X_in) - X_out||^2 with (X_in, X_out) taken from the
-ORIGINAL encoder. ``layerwise.layerwise_finetune`` re-runs the original encoder up to the
-layer for every batch; here the original runs once per clip and every layer boundary is kept
+ORIGINAL encoder. The original runs once per clip and every layer boundary is kept
 (fp16, one safetensors file per clip), so each training step costs only the layer itself, and
 the same states also serve the pruning recovery, whose "bridge" layers learn X_a -> X_b
 across removed layers. Short clips can be packed back to back into windows first, so that
@@ -19,8 +18,9 @@ import os
 import random
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,7 +29,52 @@ from torch import nn
 from torch.nn import functional as F
 
 from .clip_store import clip_file, write_missing
-from .layerwise import capture_layer_io
+from .hardware import Shard, rank, world_size
+from .trainer import TrainConfig, shares, train
+
+
+class _StopForward(Exception):
+    """Raised by a hook once the last needed activation is captured (saves the rest)."""
+
+
+def _detach(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    if isinstance(x, tuple):
+        return tuple(_detach(v) for v in x)
+    if isinstance(x, dict):
+        return {k: _detach(v) for k, v in x.items()}
+    return x
+
+
+@torch.no_grad()
+def capture_layer_io(original: nn.Module, layers: dict[str, nn.Module], batch: dict[str, torch.Tensor],
+                     stop_early: bool = True) -> dict[str, tuple[tuple, dict, torch.Tensor]]:
+    """Run ``original``'s encoder on ``batch["input_features"]`` and return {key: (args,
+    kwargs, output)} of each of ``layers`` (forward hooks; stops after the last one)."""
+    seen: dict[str, tuple[tuple, dict, torch.Tensor]] = {}
+    handles = []
+
+    def hook(key: str):
+        def fn(_m, args, kwargs, out):
+            y = out[0] if isinstance(out, tuple) else out
+            seen[key] = (_detach(args), _detach(kwargs), y.detach())
+            if stop_early and len(seen) == len(layers):
+                raise _StopForward
+        return fn
+
+    for key, layer in layers.items():
+        handles.append(layer.register_forward_hook(hook(key), with_kwargs=True))
+    weight = next(original.parameters())
+    try:
+        original.model.encoder(batch["input_features"].to(device=weight.device, dtype=weight.dtype))
+    except _StopForward:
+        pass
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
 
 class HiddenStates:
     """Per-clip encoder boundaries ``h0..hN`` in ``folder``."""
@@ -116,14 +161,13 @@ def pack_windows(clips: Sequence, seed: int, seconds: tuple[float, float] = (5.0
 
 
 @dataclass
-class LayerTrainConfig:
+class LayerTrainConfig(TrainConfig):
     lr: float = 3e-4  # peak; decays linearly to 0 over the run
     epochs: int = 2
     batch_size: int = 4
     weight_decay: float = 0.0
-    grad_clip: float = 1.0
     checkpoint_every: int = 20
-    seed: int = 0
+    schedule: str = "linear"
 
 
 def _epoch_batches(ids: Sequence[str], cfg: LayerTrainConfig, epoch: int) -> list[list[str]]:
@@ -185,73 +229,46 @@ def train_layer(layer: nn.Module, states: HiddenStates, ids: Sequence[str], src:
     saved with other ``meta`` is refused rather than silently mixing two runs. Returns
     {"loss_first_epoch", "loss_last_epoch", "steps"} (mean loss per epoch: the MSE, plus
     ``extra_loss`` when given)."""
-    from tqdm.auto import tqdm
-
     if not ids:
         raise ValueError("no clips to train on")
-    total = cfg.epochs * math.ceil(len(ids) / cfg.batch_size)
+    # optimiser steps: each takes cfg.accumulate micro-batches (an epoch's remainder joins the next)
+    total = cfg.epochs * math.ceil(len(ids) / cfg.batch_size) // max(cfg.accumulate, 1)
+    if total < 1:
+        raise ValueError(f"{len(ids)} clips x {cfg.epochs} epochs make fewer batches than --grad-accum {cfg.accumulate}")
     params = list(layer.parameters()) if params is None else list(params)
     target = target or (lambda y: y)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: max(0.0, 1.0 - s / total))
-    sums: dict[int, list[float]] = {}  # epoch -> [loss sum, batches]
-    step = 0
-    path = Path(ckpt) if ckpt is not None else None
-    if path is not None and path.is_file():
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        if meta is not None and state.get("meta", meta) != dict(meta):
-            from mlx_bald.errors import MlxBaldError
-            raise MlxBaldError(f"checkpoint {path} was saved by a run with {state['meta']}, not {dict(meta)}: "
-                               "use another --out folder, or delete the checkpoint to start over")
-        layer.load_state_dict(state["layer"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step, sums = state["step"], {int(k): v for k, v in state["sums"].items()}
+    shard = Shard(rank(), world_size())
+    state: dict = {"sums": {}}  # epoch -> [loss sum, batches]
 
-    def save() -> None:
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save({"layer": layer.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                    "step": step, "sums": sums, "config": asdict(cfg), "src": src, "dst": dst,
-                    "meta": dict(meta or {})}, tmp)
-        tmp.replace(path)
+    def stream(skip: int) -> Iterator[tuple[int, list[str], int]]:
+        for i, (epoch, batch) in enumerate(_steps(ids, cfg)):
+            if i >= skip:  # the order is a function of seed and epoch: a resumed run sees the same
+                yield epoch, batch[shard.rows(len(batch))], len(batch)
 
-    layer.train()
-    bar = tqdm(total=total, initial=step, desc=desc, disable=not progress, leave=False)
-    for i, (epoch, batch) in enumerate(_steps(ids, cfg)):
-        if i < step:
-            continue  # done before the resume point (the order is a function of seed and epoch)
+    def loss_fn(item: tuple[int, list[str], int]) -> dict[str, torch.Tensor]:
+        epoch, batch, _ = item
         x, y = states.load(batch, src, dst)
         out, t = layer(x, None), target(y)
         out = out[0] if isinstance(out, tuple) else out
         loss = F.mse_loss(out.float(), t.float())
         if extra_loss is not None:
             loss = loss + extra_loss(batch, out, t)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-        opt.step()
-        sched.step()
-        step += 1
-        acc = sums.setdefault(epoch, [0.0, 0])
-        acc[0] += loss.item()
-        acc[1] += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4g}")
-        if step % cfg.checkpoint_every == 0:
-            save()
-    bar.close()
-    save()
-    layer.eval()
+        acc = state["sums"].setdefault(epoch, [0.0, 0])
+        acc[0] += loss.item() / cfg.accumulate
+        acc[1] += 1 / cfg.accumulate
+        return {"loss": loss}
+
+    stats = train({"layer": layer}, [{"params": params}], loss_fn, stream, total, cfg, ckpt, desc=desc,
+                  progress=progress, weight=lambda item: shares(len(item[1]), item[2], shard.world),
+                  meta=meta, state=state)
     for p in params:
         p.requires_grad_(False)
+    sums = {int(k): v for k, v in state["sums"].items()}
     first, last = sums[min(sums)], sums[max(sums)]
-    return {"loss_first_epoch": first[0] / first[1], "loss_last_epoch": last[0] / last[1], "steps": step}
+    return {"loss_first_epoch": first[0] / first[1], "loss_last_epoch": last[0] / last[1], "steps": total,
+            "loss_last_steps": stats.get("loss", float("nan"))}
 
 
 def speech_mask(ids: Sequence[str], frames: Mapping[str, int] | None, length: int) -> torch.Tensor:

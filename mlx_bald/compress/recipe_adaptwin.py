@@ -79,6 +79,8 @@ class EncoderOptions:
     audio_clips: int | None = 400
     init: str = "whiten"  # SVD initialisation of the twins: "whiten" (second moments) or "asvd" (RMS)
     calib_windows: int = 8  # train windows (evenly spaced) that calibrate the data-aware SVD
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step
+    log_dir: str | None = None  # TensorBoard scalars of every training stage
     seed: int = 0
 
 
@@ -215,7 +217,8 @@ class EncoderRun:
 
     def layer_cfg(self, epochs: int) -> LayerTrainConfig:
         o = self.o
-        return LayerTrainConfig(lr=o.lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
+        return LayerTrainConfig(lr=o.lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed,
+                                accumulate=o.grad_accum, log_dir=o.log_dir)
 
     def spec(self, twins: Sequence[int], pruned: Sequence[int] = ()) -> CompressionSpec:
         """Spec for twins at ORIGINAL layers ``twins`` after dropping ORIGINAL layers ``pruned``."""

@@ -31,6 +31,7 @@ from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output,
 from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
 from mlx_bald.compress.hardware import barrier, check_precision, init_from_env, is_main, main_first, resolve_device
+from mlx_bald.compress.merge import adjacent_pairs
 from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
 from mlx_bald.compress.targets import Precomputed
 from mlx_bald.errors import MlxBaldError
@@ -78,6 +79,8 @@ class BaldOptions:
     data_language: str | None = None
     device: str = "auto"  # auto: cuda, then mps, then cpu (hardware.resolve_device)
     precision: str = "fp32"  # fp32 | bf16 | fp16 autocast
+    grad_accum: int = 1  # micro-batches of batch_size per optimiser step
+    log_dir: str | None = None  # TensorBoard scalars of every training stage
     seed: int = 0
 
     def set_spec(self, split: str) -> str:
@@ -90,7 +93,7 @@ class BaldOptions:
 
 def default_groups(n_layers: int) -> list[list[int]]:
     """Adjacent pairs of the decoder's layers (0-1, 2-3, ...); an odd last layer stays alone."""
-    return [[i, i + 1] for i in range(0, n_layers - 1, 2)]
+    return [g.layers for g in adjacent_pairs(n_layers) if len(g.layers) == 2]
 
 
 def _log(msg: str) -> None:
@@ -173,6 +176,7 @@ class _Run:
 
     def cfg(self, steps: int, lr: float | None = None, **kw) -> DistillConfig:
         return DistillConfig(lr=lr or self.o.lr, steps=steps, seed=self.o.seed, precision=self.o.precision,
+                             accumulate=self.o.grad_accum, log_dir=self.o.log_dir,
                              checkpoint_every=max(50, steps // 4), **kw)
 
     def student_cfg(self, steps: int, spec: CompressionSpec, **kw) -> DistillConfig:

@@ -48,7 +48,8 @@ def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Mo
                                      run.work / "window_labels.json", "window pseudo-labels",
                                      max_new_tokens=224, progress=run.progress)
         kl = DecoderKL(run.base, {i: texts[i] for i in ids}, run.languages, o.recover_kl)
-    cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed)
+    cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed,
+                           accumulate=o.grad_accum, log_dir=o.log_dir)
     s = train_layer(stack, run.states, ids, 0, run.n, cfg, run.work / "recover" / f"{name}.ckpt",
                     desc=f"recover {name}", progress=run.progress, params=stack.trainable_parameters(),
                     target=stack.target, extra_loss=kl, meta={"kl_weight": o.recover_kl, "mixed": mixed})

@@ -7,7 +7,9 @@ data, model and settings. Cells: the encoder-output cache (clips/s) and the Bald
 decoder stages (steps/s at batch 8, 64-token cap): teacher fine-tune, merge (specialised: CE +
 KL; general: + hidden-state matching), low-rank embedding. After the same steps from the same
 start, each cell also reports the dev cross-entropy, so a speed-up that changes what is
-learnt shows. Levers are variants of the new code (on --lever-stages): 1 thread, bf16
+learnt shows. The AdaPTwin cells (one product-twin layer trained layer-wise; the encoder
+recovered end to end) train on cached base hidden states and report their last-epoch loss.
+Levers are variants of the new code (on --lever-stages): 1 thread, bf16
 autocast, and 2 data-parallel processes of 1 thread each (torchrun, gloo) on the same global
 batch. The cross-attention K/V cache sits beside the encoder cache and serves every stage, so
 the first new cell of a run pays for it (its "one-time precompute" column).
@@ -29,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE_REF = "39ecf58"
-STAGES = ("encoder-cache", "teacher", "merge", "merge-general", "embedding")
+STAGES = ("encoder-cache", "teacher", "merge", "merge-general", "embedding", "twin-layer", "recovery")
 VARIANTS = ("today", "new", "new-1thread", "new-bf16", "new-2proc")
 
 
@@ -45,7 +47,10 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--clips", type=int, default=48, help="fillets-cs train clips (a fixed random subset)")
     p.add_argument("--cache-clips", type=int, default=12, help="clips encoded by the encoder-cache cell")
     p.add_argument("--dev-clips", type=int, default=24, help="fillets-cs dev clips for the dev cross-entropy")
-    p.add_argument("--steps", type=int, default=30, help="training steps per cell")
+    p.add_argument("--steps", type=int, default=30, help="training steps per cell (decoder stages)")
+    p.add_argument("--layer-clips", type=int, default=16,
+                   help="AdaPTwin cells: clips whose cached base hidden states train one twin layer (batch 4, "
+                        "--steps steps) and the end-to-end recovery (batch 2, one epoch)")
     p.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of 'today'")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="train_throughput")
@@ -79,6 +84,9 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
         import shutil
         shutil.rmtree(folder, ignore_errors=True)
         return {"rate": len(clips) / seconds, "unit": "clips/s", "seconds": seconds, "items": len(clips)}
+
+    if stage in ("twin-layer", "recovery"):
+        return _encoder_cell(stage, base, train[: a.layer_clips], a)
 
     from mlx_bald.compress import apply_spec
     from mlx_bald.compress.distill import DistillConfig, train_decoder
@@ -130,6 +138,36 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
             "dev_ce": round(dev_cross_entropy(student, dev, dev_cache, max_tokens=64), 4)}
 
 
+def _encoder_cell(stage: str, base, clips: list, a: argparse.Namespace) -> dict:
+    """AdaPTwin's training stages on cached base hidden states (built here, not timed): one
+    product-twin encoder layer (rank 40 attention, rank 180 FFN, LoRA included) trained
+    layer-wise, or the whole encoder recovered end to end (h0 -> output after the final norm)."""
+    from mlx_bald.compress import apply_spec
+    from mlx_bald.compress.data import features
+    from mlx_bald.compress.layer_cache import HiddenStates, LayerStack, LayerTrainConfig, train_layer
+    from mlx_bald.paths import cache_dir
+    from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
+
+    states = HiddenStates(cache_dir() / "bench-hidden" / "whisper-base-fillets-cs-train")
+    states.build(base, ((c.id, features(c)) for c in clips), progress=False)
+    ids = [c.id for c in clips]
+    if stage == "twin-layer":
+        spec = CompressionSpec(attention={"encoder.blocks.2.attn": AttentionRank(40, 40, 8, 8)},
+                               ffn={"encoder.blocks.2.mlp": FFNRank(180, 180, 18)}, recipe=["adaptwin"])
+        layer = apply_spec(copy.deepcopy(base), spec).model.encoder.layers[2]
+        cfg = LayerTrainConfig(lr=3e-4, epochs=max(1, a.steps * 4 // len(ids)), batch_size=4)
+        kw, src, dst = {}, 2, 3
+    else:
+        layer = LayerStack(list(copy.deepcopy(base).model.encoder.layers), base.model.encoder.layer_norm)
+        cfg = LayerTrainConfig(lr=1e-4, epochs=1, batch_size=2)
+        kw, src, dst = {"params": layer.trainable_parameters(), "target": layer.target}, 0, len(base.model.encoder.layers)
+    t0 = time.perf_counter()
+    stats = train_layer(layer, states, ids, src, dst, cfg, progress=False, **kw)
+    seconds = time.perf_counter() - t0
+    return {"rate": stats["steps"] / seconds, "unit": "steps/s", "seconds": seconds, "items": stats["steps"],
+            "train_loss": round(stats["loss_last_epoch"], 6)}
+
+
 # ---- the driver -----------------------------------------------------------------------------
 def _baseline_tree(ref: str) -> Path:
     """The code of ``ref``, extracted once into the cache (no work tree, no checkout)."""
@@ -153,7 +191,7 @@ def _run_cell(stage: str, variant: str, a: argparse.Namespace, tree: Path) -> di
         env["OMP_NUM_THREADS"] = "1"
     cmd = [*launcher, str(Path(__file__).resolve()), "--cell", f"{stage}:{variant}",
            "--clips", str(a.clips), "--cache-clips", str(a.cache_clips), "--dev-clips", str(a.dev_clips),
-           "--steps", str(a.steps)]
+           "--steps", str(a.steps), "--layer-clips", str(a.layer_clips)]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}"}
@@ -161,7 +199,7 @@ def _run_cell(stage: str, variant: str, a: argparse.Namespace, tree: Path) -> di
 
 
 def _table(rows: list[dict]) -> str:
-    out = ["| stage | variant | rate | vs today | peak RSS GiB | one-time precompute s | dev CE after the steps |",
+    out = ["| stage | variant | rate | vs today | peak RSS GiB | one-time precompute s | dev CE (encoder cells: train MSE) after the steps |",
            "|---|---|---:|---:|---:|---:|---:|"]
     today = {r["stage"]: r for r in rows if r["variant"] == "today" and "rate" in r}
     for r in rows:
@@ -170,7 +208,7 @@ def _table(rows: list[dict]) -> str:
             continue
         ref = today.get(r["stage"])
         ratio = f"{r['rate'] / ref['rate']:.2f}x" if ref else "–"
-        ce = r.get("dev_ce", "–")
+        ce = r.get("dev_ce", f"train MSE {r['train_loss']}" if "train_loss" in r else "–")
         if ref and "dev_ce" in r and r["variant"] != "today":
             ce = f"{r['dev_ce']} ({100 * (r['dev_ce'] / ref['dev_ce'] - 1):+.1f}%)"
         out.append(f"| {r['stage']} | {r['variant']} | {r['rate']:.3f} {r['unit']} | {ratio} | {r['peak_rss_gib']:.2f} "

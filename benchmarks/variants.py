@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mlx_bald.spec import AttentionRank, CompressionSpec, MergeGroup
+from mlx_bald.spec import MLX_CONFIG_KEY, AttentionRank, CompressionSpec, MergeGroup
 
 Weights = dict[str, np.ndarray]
 
@@ -161,8 +161,8 @@ def build_variant(base_folder: Path, recipe: tuple[bool, int | None, int | None]
             product_twin(w, prefix, n_head, twin_rank)
             spec.attention[prefix] = AttentionRank(qk_rank=twin_rank, vo_rank=twin_rank)
     spec.validate()
-    config = {k: v for k, v in config.items() if k not in ("compression", "quantization")}
-    config["compression"] = spec.to_dict()
+    config = {k: v for k, v in config.items() if k not in (MLX_CONFIG_KEY, "quantization")}
+    config[MLX_CONFIG_KEY] = spec.to_dict()
     return write_folder(config, w, out)
 
 
@@ -205,7 +205,7 @@ def random_stock_folder(out: Path, dims: dict | None = None, seed: int = 0) -> P
 
 def spec_of(folder: Path) -> CompressionSpec:
     config = json.loads((Path(folder) / "config.json").read_text())
-    return CompressionSpec.from_dict(config.get("compression"))
+    return CompressionSpec.from_dict(config.get(MLX_CONFIG_KEY))
 
 
 def dims_of(folder: Path) -> dict:

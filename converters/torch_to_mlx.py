@@ -14,9 +14,8 @@ from converters.whisper_folders import to_mlx_layout
 from converters.whisper_names import hf_to_mlx
 from mlx_bald.errors import ModelFormatError
 from mlx_bald.fsutil import atomic_dir
-from mlx_bald.spec import CompressionSpec, SpecError
+from mlx_bald.spec import MLX_CONFIG_KEY, TORCH_CONFIG_KEY, CompressionSpec, SpecError
 
-SPEC_KEY = "mlx_bald_compression"
 _TIED_OR_COMPUTED = ("proj_out.weight", "model.encoder.embed_positions.weight")
 
 
@@ -87,7 +86,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, quantize_bits: int | No
         raise ModelFormatError(f"{cfg_path}: not valid JSON ({e})") from e
     dims = dims_from_hf_config(cfg)
     try:
-        spec = CompressionSpec.from_dict(cfg.get(SPEC_KEY))
+        spec = CompressionSpec.from_dict(cfg.get(TORCH_CONFIG_KEY))
         spec.validate()
     except SpecError as e:
         raise ModelFormatError(f"{cfg_path}: {e}") from e
@@ -106,7 +105,7 @@ def convert_checkpoint(src: str | Path, out: str | Path, quantize_bits: int | No
 
     config = {"model_type": "whisper", **dims}
     if not spec.is_identity or spec.recipe:
-        config["compression"] = spec.to_dict()
+        config[MLX_CONFIG_KEY] = spec.to_dict()
     from safetensors.numpy import save_file
 
     from mlx_bald.load import validate_folder

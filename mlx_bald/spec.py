@@ -19,6 +19,11 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# Where the spec lives: the MLX folder's config.json, and a compressed transformers checkpoint's.
+MLX_CONFIG_KEY = "compression"
+TORCH_CONFIG_KEY = "mlx_bald_compression"
+QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize takes
+
 SPEC_VERSION = 1
 
 
@@ -124,7 +129,7 @@ class CompressionSpec:
         for key, f in self.ffn.items():
             if not _valid_key(key, ("mlp",)):
                 raise SpecError(f"bad ffn key {key!r}")
-        if self.quantization is not None and self.quantization.bits not in (2, 3, 4, 6, 8):
+        if self.quantization is not None and self.quantization.bits not in QUANT_BITS:
             raise SpecError(f"quantization bits {self.quantization.bits} not supported")
 
     # ---- JSON -----------------------------------------------------------------------

@@ -24,12 +24,13 @@ def load_torch_model(name_or_path: str):
     from transformers.utils import logging as hf_logging
 
     from mlx_bald.hub import resolve_model
+    from mlx_bald.spec import TORCH_CONFIG_KEY
 
     hf_logging.set_verbosity_error()  # generate() warns about its own Whisper defaults
 
     folder = resolve_model(name_or_path, "hf")
     cfg = json.loads((Path(folder) / "config.json").read_text())
-    if "mlx_bald_compression" in cfg:
+    if TORCH_CONFIG_KEY in cfg:
         from mlx_bald.compress.model import load_compressed
 
         model, _ = load_compressed(folder)

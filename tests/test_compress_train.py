@@ -246,3 +246,21 @@ def test_a_rerun_with_more_steps_continues_a_stage_and_fewer_is_refused(tmp_path
         _must_train(folder, ckpt, 5, "--embed-steps")
     with pytest.raises(MlxBaldError, match="stale"):  # a later stage was built on this one
         _must_train(folder, ckpt, 20, "--merge-steps", can_continue=False)
+
+
+def test_a_cache_announces_its_size_and_is_refused_without_room(tmp_path, monkeypatch, capsys):
+    import shutil
+    from collections import namedtuple
+
+    from mlx_bald.errors import MlxBaldError
+
+    model = tiny_model()
+    clips = [(f"c{i}", features(batch=1, seed=i)[0]) for i in range(3)]
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**6, 10**6 - 100, 100))
+    with pytest.raises(MlxBaldError, match="encoder cache needs .* GB"):
+        cache_encoder_outputs(model, clips, tmp_path / "enc", progress=False)
+    assert not list((tmp_path / "enc").glob("*.safetensors"))  # nothing half-written
+    assert "[cache] encoder cache: 3 clips" in capsys.readouterr().err
+    monkeypatch.undo()
+    assert cache_encoder_outputs(model, clips, tmp_path / "enc", progress=False) == 3

@@ -42,7 +42,7 @@ def test_empty_spec_is_identity_and_derived_shapes():
     CompressionSpec(attention={"encoder.blocks.0.cross_attn": AttentionRank(8, 8)}),
     CompressionSpec(attention={"decoder.layers.0.attn": AttentionRank(8, 8)}),
     CompressionSpec(ffn={"encoder.blocks.0.attn": FFNRank(8, 8)}),
-    CompressionSpec(quantization=Quantization(bits=5)),
+    CompressionSpec(quantization=Quantization(bits=7)),
 ])
 def test_invalid_specs_are_refused(bad):
     with pytest.raises(SpecError):
@@ -59,3 +59,17 @@ def test_unknown_field_and_newer_version_are_clear_errors():
         CompressionSpec.from_dict({"attention": {"encoder.blocks.0.attn": {"rank": 3}}})
     with pytest.raises(SpecError, match="newer"):
         CompressionSpec.from_dict({"version": 99})
+
+
+def test_quantization_bits_are_checked_in_one_place():
+    """The spec, the model-folder loader and the converter's --quantize all take spec.QUANT_BITS
+    (what mx.quantize accepts, 5 included)."""
+    from mlx_bald.cli.main import build_parser
+    from mlx_bald.spec import QUANT_BITS
+
+    assert QUANT_BITS == (2, 3, 4, 5, 6, 8)
+    CompressionSpec(quantization=Quantization(bits=5)).validate()
+    parser = build_parser()
+    assert parser.parse_args(["convert", "x", "--out", "y", "--quantize", "5"]).quantize == 5
+    with pytest.raises(SystemExit):
+        parser.parse_args(["convert", "x", "--out", "y", "--quantize", "7"])

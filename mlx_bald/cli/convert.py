@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mlx_bald.spec import QUANT_BITS
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -18,8 +20,8 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="output folder (default: the cache, under --name)")
     p.add_argument("--name", default=None,
                    help="register the result under this name, usable as `--model NAME` everywhere")
-    p.add_argument("--quantize", type=int, choices=[4, 8], default=None,
-                   help="quantize linear layers with MLX (4 or 8 bit); recorded in the spec")
+    p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None,
+                   help="quantize linear layers with MLX to this many bits; recorded in the spec")
     p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="stored float type (default float16; MLX casts at load)")

@@ -1,10 +1,14 @@
-"""Per-clip tensors on disk, one safetensors file per clip id, computed in batches and written
-atomically: the one writer behind the encoder-output cache (BaldWhisper) and the layer
-hidden-state cache (AdaPTwin)."""
+"""Per-clip tensors on disk, one safetensors file per clip id (a cache is sharded by clip, and
+a file is memory-mapped when read), computed in batches and written atomically: the one
+writer behind every cache (encoder outputs, layer hidden states, cross-attention K/V, teacher
+targets). Each announces its size before it is built and is refused when the disk lacks the
+room."""
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -20,16 +24,36 @@ def clip_file(folder: str | os.PathLike, clip_id: str) -> Path:
     return Path(folder) / f"{_SAFE_ID.sub('_', clip_id)}.safetensors"
 
 
+def check_room(folder: str | os.PathLike, n_clips: int, bytes_per_clip: int, what: str) -> None:
+    """Announce a cache's size before building it ("1,240 clips -> 1.9 GB"); refuse, naming
+    what is needed, when the disk lacks the room."""
+    from mlx_bald.errors import MlxBaldError
+
+    need = n_clips * bytes_per_clip
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    print(f"[cache] {what}: {n_clips:,} clips -> {need / 1e9:.2f} GB in {folder}", file=sys.stderr, flush=True)
+    if need > free * 0.95:
+        raise MlxBaldError(f"{what} needs {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free: "
+                           f"free some room, or move the cache with $MLX_BALD_CACHE")
+
+
 def write_missing(folder: str | os.PathLike, clips: Iterable[tuple[str, Inputs]],
                   compute: Callable[[list[str], torch.Tensor], list[dict[str, torch.Tensor]]],
-                  batch_size: int, desc: str, progress: bool = True) -> int:
+                  batch_size: int, desc: str, progress: bool = True, bytes_per_clip: int | None = None) -> int:
     """Store ``compute(ids, stacked inputs)`` (one {name: tensor} per clip) for every clip of
     ``clips`` ((id, inputs) pairs) not on disk yet. ``inputs`` may be a zero-argument callable,
     then called only for those clips (e.g. a mel that need not be computed for cached clips).
-    Returns how many clips were computed."""
+    With ``bytes_per_clip``, the size of what is missing is announced (and checked against the
+    free space) first. Returns how many clips were computed."""
     from tqdm.auto import tqdm
 
     Path(folder).mkdir(parents=True, exist_ok=True)
+    if bytes_per_clip is not None:
+        clips = list(clips)
+        missing = sum(not clip_file(folder, cid).is_file() for cid, _ in clips)
+        if missing:
+            check_room(folder, missing, bytes_per_clip, desc)
     pending: list[tuple[str, torch.Tensor]] = []
     done = 0
 

@@ -45,8 +45,10 @@ def cache_encoder_outputs(model: nn.Module, clips: Iterable[tuple[str, Inputs]],
         states = encoder(feats.to(device=device, dtype=dtype)).last_hidden_state.to(torch.float16).cpu()
         return [{"encoder_hidden_states": s} for s in states]
 
-    try:
-        return write_missing(cache_dir, clips, compute, batch_size, "encoder cache", progress)
+    cfg = model.config
+    try:  # fp16 [frames, d] per clip
+        return write_missing(cache_dir, clips, compute, batch_size, "encoder cache", progress,
+                             bytes_per_clip=cfg.max_source_positions * cfg.d_model * 2)
     finally:
         encoder.train(was_training)
 

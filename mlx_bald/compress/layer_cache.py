@@ -108,7 +108,9 @@ class HiddenStates:
             return rows
 
         model.eval()
-        return write_missing(self.folder, clips, compute, batch_size, "hidden states", progress)
+        cfg = model.config  # fp16 [frames, d] at every layer boundary
+        return write_missing(self.folder, clips, compute, batch_size, "hidden states", progress,
+                             bytes_per_clip=(n + 1) * cfg.max_source_positions * cfg.d_model * 2)
 
     def load(self, clip_ids: Sequence[str], *keys: int) -> list[torch.Tensor]:
         """For each boundary index in ``keys``: a float32 [B, T, d] stack over ``clip_ids``."""

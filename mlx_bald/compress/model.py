@@ -22,7 +22,7 @@ from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalG
 from transformers.initialization import no_init_weights
 
 from ..errors import ModelFormatError
-from ..spec import CompressionSpec, FFNRank, SpecError
+from ..spec import TORCH_CONFIG_KEY, CompressionSpec, FFNRank, SpecError
 from .embedding import FactoredEmbedding, factorize_embedding, install_factored_embedding
 from .merge import merge_decoder
 from .prune import prune_encoder
@@ -30,7 +30,7 @@ from .twins import (LowRankLinear, LowRankWhisperAttention, bake_all_lora, choos
                     compress_attention, empty_lowrank_attention, lowrank_from_linear, split_rank)
 from .whiten import collect_input_moments
 
-SPEC_KEY = "mlx_bald_compression"
+SPEC_KEY = TORCH_CONFIG_KEY  # the key in a compressed checkpoint's config (spec.py)
 _ATTN_LEAF = {"attn": "self_attn", "cross_attn": "encoder_attn"}
 
 
@@ -244,6 +244,14 @@ def check_matches_spec(model: nn.Module, spec: CompressionSpec) -> None:
 def _has_lora(model: nn.Module) -> bool:
     return any((isinstance(m, LowRankWhisperAttention) and (m.q_lora is not None or m.v_lora is not None))
                or (isinstance(m, LowRankLinear) and m.lora_down is not None) for m in model.modules())
+
+
+def record_spec(model: nn.Module, spec: CompressionSpec) -> None:
+    """Make ``spec`` the model's own (its config's spec key), after checking that the modules
+    match it: how a recipe states a change it made outside ``apply_spec`` (a factored
+    embedding on a merged student, two compressed halves joined)."""
+    check_matches_spec(model, spec)
+    setattr(model.config, SPEC_KEY, spec.to_dict())
 
 
 def save_compressed(model: WhisperForConditionalGeneration, spec: CompressionSpec, out_dir: str | os.PathLike,

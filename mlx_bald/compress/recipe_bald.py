@@ -32,7 +32,7 @@ from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embed
 from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
 from mlx_bald.compress.hardware import barrier, check_precision, init_from_env, is_main, main_first, resolve_device
 from mlx_bald.compress.merge import adjacent_pairs
-from mlx_bald.compress.model import SPEC_KEY, apply_spec, count_parameters, save_compressed
+from mlx_bald.compress.model import apply_spec, count_parameters, record_spec, save_compressed
 from mlx_bald.compress.targets import Precomputed
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.spec import CompressionSpec, MergeGroup
@@ -309,7 +309,7 @@ def run_bald(o: BaldOptions) -> Path:
         factorize_embedding(student, o.embedding_rank, stats)
         spec.embedding_rank = o.embedding_rank
         spec.notes["embedding_init"] = o.embed_init
-        setattr(student.config, SPEC_KEY, spec.to_dict())
+        record_spec(student, spec)
         if not resuming:
             run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)})
         cfg = run.student_cfg(o.embed_steps, spec, feature_weight=0.1)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlx_bald.compress.model import SPEC_KEY, load_compressed, save_compressed
+from mlx_bald.compress.model import load_compressed, record_spec, save_compressed
 from mlx_bald.spec import CompressionSpec
 
 CANONICAL_ORDER = ("bald", "prune", "adaptwin")
@@ -63,5 +63,5 @@ def combine(decoder_ckpt: str | os.PathLike, encoder_ckpt: str | os.PathLike, ou
                             "order": "bald (decoder) | prune -> adaptwin (encoder), joined"}})
     dec.model.encoder = enc.model.encoder
     dec.config.encoder_layers = enc.config.encoder_layers
-    setattr(dec.config, SPEC_KEY, spec.to_dict())
+    record_spec(dec, spec)
     return save_compressed(dec, spec, out)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from torch.nn import functional as F
 
 from mlx_bald.errors import MlxBaldError
 
-from .clip_store import clip_file, write_missing
+from .clip_store import check_room, clip_file, write_missing
 from .data import Row
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
@@ -37,17 +36,6 @@ def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
         flat = t.detach().flatten()
         h.update(flat[:: max(1, flat.numel() // 4096)].float().numpy().tobytes())
     return h.hexdigest()[:12]
-
-
-def _check_room(folder: Path, n_clips: int, bytes_per_clip: int, what: str) -> None:
-    """Announce a cache's size before building it; refuse when the disk lacks the room."""
-    need = n_clips * bytes_per_clip
-    folder.mkdir(parents=True, exist_ok=True)
-    free = shutil.disk_usage(folder).free
-    print(f"[cache] {what}: {n_clips:,} clips -> {need / 1e9:.1f} GB in {folder}", file=sys.stderr, flush=True)
-    if need > free * 0.95:
-        raise MlxBaldError(f"{what} needs {need / 1e9:.1f} GB and {folder} has {free / 1e9:.1f} GB free: "
-                           f"free some room, or move the cache with $MLX_BALD_CACHE")
 
 
 def _mark(folder: Path, meta: dict) -> None:
@@ -79,7 +67,7 @@ def cache_cross_kv(model: nn.Module, clip_ids: Sequence[str], encoder_state: Cal
     missing = [c for c in clip_ids if not clip_file(folder, c).is_file()]
     frames = model.config.max_source_positions
     if missing:
-        _check_room(folder, len(missing), 2 * len(attn) * frames * heads * dim * 2, "cross-attention K/V cache")
+        check_room(folder, len(missing), 2 * len(attn) * frames * heads * dim * 2, "cross-attention K/V cache")
     dtype = next(model.parameters()).dtype
 
     def compute(ids: list[str], states: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -189,7 +177,7 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
     if missing:
         d, vocab = teacher.config.d_model, teacher.config.vocab_size
         mean_t = sum(len(by_id[c][1]) - 1 for c in missing) / len(missing)
-        _check_room(folder, len(missing), int(mean_t * (vocab * 4 + len(hidden_layers) * d * 2)), "teacher targets")
+        check_room(folder, len(missing), int(mean_t * (vocab * 4 + len(hidden_layers) * d * 2)), "teacher targets")
     write_missing(folder, ((c, torch.zeros(())) for c in missing), compute, batch_size, "teacher targets", progress)
     return folder
 

@@ -16,7 +16,7 @@ from mlx_whisper.whisper import ModelDimensions
 
 from ..errors import ModelFormatError
 from ..fsutil import atomic_dir
-from ..spec import CompressionSpec, Quantization
+from ..spec import MLX_CONFIG_KEY, QUANT_BITS, CompressionSpec, Quantization
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -153,7 +153,7 @@ def read_config(folder: Path) -> tuple[ModelDimensions, CompressionSpec, dict | 
         if d % h:
             raise ModelFormatError(f"{path}: n_{side}_state {d} is not a multiple of n_{side}_head {h}")
     try:
-        spec = CompressionSpec.from_dict(config.get("compression"))
+        spec = CompressionSpec.from_dict(config.get(MLX_CONFIG_KEY))
         spec.validate()
     except (ValueError, TypeError) as e:  # SpecError is a ValueError
         raise ModelFormatError(f"{path}: bad compression spec: {e}") from e
@@ -166,7 +166,7 @@ def read_config(folder: Path) -> tuple[ModelDimensions, CompressionSpec, dict | 
                                    f"spec's {from_spec}")
         quant = from_spec
     if quant is not None:
-        if (not isinstance(quant, dict) or quant.get("bits") not in (2, 3, 4, 5, 6, 8)
+        if (not isinstance(quant, dict) or quant.get("bits") not in QUANT_BITS
                 or type(quant.get("group_size")) is not int or quant["group_size"] <= 0):
             raise ModelFormatError(f"{path}: bad quantization {quant!r}")
         quant = {"group_size": quant["group_size"], "bits": quant["bits"]}
@@ -205,7 +205,7 @@ def save_model_folder(model, dims: ModelDimensions, spec: CompressionSpec | None
     config = {**asdict(dims), "model_type": "whisper"}
     if not replace(spec, quantization=None).is_identity or spec.recipe or spec.notes:
         # quantization alone stays mlx-whisper-loadable: its top-level key is enough
-        config["compression"] = spec.to_dict()
+        config[MLX_CONFIG_KEY] = spec.to_dict()
     if spec.quantization is not None:
         config["quantization"] = {"group_size": spec.quantization.group_size,
                                   "bits": spec.quantization.bits}

@@ -53,5 +53,37 @@ def main(out: Path, steps: int) -> None:
                    out / f"params-{world_size()}.pt")
 
 
+def encoder_recipe(out: Path) -> None:
+    """The AdaPTwin + pruning recipe end to end (twins, bridges, recovery) on a tiny model."""
+    from test_recipe_adaptwin import tiny_run
+
+    from mlx_bald.compress.model import load_compressed
+    from mlx_bald.compress.recipe_adaptwin import run_encoder
+
+    from mlx_bald.compress.layer_cache import HiddenStates
+
+    init_from_env()
+    rows = [0]
+    load = HiddenStates.load
+
+    def counting_load(self, clip_ids, *keys):  # how many rows this rank trains and measures on
+        rows[0] += len(clip_ids)
+        return load(self, clip_ids, *keys)
+
+    HiddenStates.load = counting_load
+    base = tiny_model(encoder_layers=4, encoder_ffn_dim=256, decoder_ffn_dim=256)
+    run_dir = out / f"run-{world_size()}"
+    kw = tiny_run(run_dir, base, prune=1, compression=0.3, epochs=2, bridge_epochs=2, recover_epochs=1)
+    kw["states_dir"] = out / "states"  # one hidden-state cache: rank 0 builds it, the other reads it
+    folder = run_encoder(kw.pop("o"), run_dir / "student", progress=False, **kw)
+    if is_main():
+        model, _ = load_compressed(folder)
+        torch.save({k: v.detach().clone() for k, v in model.state_dict().items()} | {"_rows": torch.tensor(rows[0])},
+                   out / f"params-{world_size()}.pt")
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), int(sys.argv[2]))
+    if sys.argv[2] == "encoder":
+        encoder_recipe(Path(sys.argv[1]))
+    else:
+        main(Path(sys.argv[1]), int(sys.argv[2]))

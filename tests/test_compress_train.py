@@ -264,3 +264,25 @@ def test_a_cache_announces_its_size_and_is_refused_without_room(tmp_path, monkey
     assert "[cache] encoder cache: 3 clips" in capsys.readouterr().err
     monkeypatch.undo()
     assert cache_encoder_outputs(model, clips, tmp_path / "enc", progress=False) == 3
+
+
+@pytest.mark.parametrize("best_step, teacher_wer, used", [(0, None, "base"), (50, 61.0, "base"), (50, 49.5, "fine-tuned")])
+def test_a_teacher_worse_than_base_on_dev_is_refused(tmp_path, best_step, teacher_wer, used):
+    """The teacher fine-tune hands on its best dev check only if it beats base on dev (CE, then
+    greedy WER); otherwise base is the teacher and the report says why."""
+    from types import SimpleNamespace
+
+    import mlx_bald.compress.recipe_bald as rb
+
+    base, best_dir = tiny_model(), tmp_path / "work" / "teacher-best"
+    tiny_model(seed=3).save_pretrained(best_dir)
+    report: dict = {"base": {"dev_wer": 50.0}}
+    run = SimpleNamespace(report=report, base=base, work=tmp_path / "work", device="cpu", dev=[1] * 150,
+                          dev_wer=lambda m: teacher_wer, save_report=lambda **kw: report.update(kw))
+    got = rb._guard_teacher(run, {"step": best_step, "dev_ce": 1.2}, best_dir)
+    assert report["teacher"]["used"] == used and report["teacher"]["dev_clips"] == 150
+    if used == "base":
+        assert got is base and report["teacher"]["why"] and not (tmp_path / "work" / "teacher").exists()
+    else:
+        assert got is not base and (tmp_path / "work" / "teacher" / "model.safetensors").is_file()
+        assert report["teacher"]["dev_wer"] == 49.5 and report["teacher"]["steps"] == 50

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 WORKER = Path(__file__).resolve().parent / "ddp_worker.py"
 
 
-def _run(out: Path, nproc: int, steps: int = 6) -> dict:
+def _run(out: Path, nproc: int, steps: int | str = 6) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(WORKER), str(out), str(steps)]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
@@ -42,3 +42,17 @@ def test_two_gloo_processes_end_with_the_one_process_parameters(tmp_path):
         torch.testing.assert_close(two[k], v, atol=2e-5, rtol=1e-4, msg=f"{k} differs between 1 and 2 processes")
     # both wrote their step-6 checkpoint (rank 0 only)
     assert (tmp_path / "ckpt-1" / "distill_checkpoint.pt").is_file() and (tmp_path / "ckpt-2" / "distill_checkpoint.pt").is_file()
+
+
+@pytest.mark.slow
+def test_the_encoder_recipe_on_two_gloo_processes_builds_the_one_process_student(tmp_path):
+    """Twins layer by layer, a pruning bridge and the end-to-end recovery, each rank on half of
+    every batch: the same compressed encoder as one process, rank 0 alone writing."""
+    one = _run(tmp_path, 1, "encoder")
+    two = _run(tmp_path, 2, "encoder")
+    assert one.keys() == two.keys()
+    rows_one, rows_two = int(one.pop("_rows")), int(two.pop("_rows"))
+    assert rows_two < 0.8 * rows_one  # rank 0 trained on its half of each batch (held-out checks are whole)
+    for k, v in one.items():
+        torch.testing.assert_close(two[k], v, atol=5e-5, rtol=1e-4, msg=f"{k} differs between 1 and 2 processes")
+    assert (tmp_path / "run-2" / "run" / "report.json").is_file()

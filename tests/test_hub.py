@@ -110,3 +110,14 @@ def test_general_student_becomes_default_only_if_it_kept_english(tmp_path, stude
     report.write_text(json.dumps({"table": table}))
     assert _vetted_name(hub.DEFAULT_COMPRESSED, report) == hub.DEFAULT_COMPRESSED + expect_suffix
     assert _vetted_name("my-student", report) == "my-student"  # other names are never gated
+
+
+@pytest.mark.parametrize("student_test, expect_suffix", [(70.0, ""), (77.3, ""), (81.84, "-unvetted")])
+def test_specialised_student_worse_than_base_on_test_is_registered_unvetted(tmp_path, student_test, expect_suffix):
+    from mlx_bald.cli.compress import _vetted_name
+
+    table = [{"model": "whisper-base", "wer_test": 77.3, "wer_librivox": 1.41},
+             {"model": "teacher", "wer_test": 70.22}, {"model": "merged+lowrank-embedding", "wer_test": student_test}]
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"table": table, "options": {"model": "whisper-base"}}))
+    assert _vetted_name("bald-base-cs", report) == "bald-base-cs" + expect_suffix

@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_bald.compress.data import features, set_subset, subset
+from mlx_bald.compress.hardware import barrier, init_from_env, is_main, main_first
 from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows,
                                            relative_layer_error, speech_mask, train_layer)
 from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
@@ -80,6 +81,7 @@ class EncoderOptions:
     init: str = "whiten"  # SVD initialisation of the twins: "whiten" (second moments) or "asvd" (RMS)
     calib_windows: int = 8  # train windows (evenly spaced) that calibrate the data-aware SVD
     grad_accum: int = 1  # micro-batches of batch_size per optimiser step
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (the encoder recipes train on the CPU)
     log_dir: str | None = None  # TensorBoard scalars of every training stage
     seed: int = 0
 
@@ -140,7 +142,9 @@ class EncoderRun:
 
         self.o, self.progress, self.t0 = o, progress, time.time()
         self.out, self.work = Path(o.out), Path(o.out) / "work"
-        self.work.mkdir(parents=True, exist_ok=True)
+        init_from_env()  # under torchrun: join the ranks (gloo; the encoder recipes train on the CPU)
+        if is_main():
+            self.work.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / "report.json"
         self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
         options = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}))
@@ -180,7 +184,9 @@ class EncoderRun:
         self.states = HiddenStates(states_dir)
         todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) + extra if not self.states.has(c.id))
         t0 = time.time()
-        if self.states.build(self.base, todo, progress=progress):
+        with main_first():  # rank 0 builds the cache, the others find it
+            built = self.states.build(self.base, todo, progress=progress)
+        if built:
             self.report["hidden_states_seconds"] = round(self.report.get("hidden_states_seconds", 0) + time.time() - t0, 1)
         self.calib = torch.stack([featurize(c) for c in train[::max(1, len(train) // o.calib_windows)][:o.calib_windows]])
         hf = [featurize(c) for c in heldout]
@@ -198,6 +204,8 @@ class EncoderRun:
         self.report["wall_seconds_this_session"] = round(time.time() - self.t0, 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
         self.report["peak_rss_gib"] = round(max(peak, self.report.get("peak_rss_gib", 0)), 2)
+        if not is_main():
+            return
         tmp = self.report_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.report, indent=2))
         tmp.replace(self.report_path)
@@ -218,7 +226,7 @@ class EncoderRun:
     def layer_cfg(self, epochs: int) -> LayerTrainConfig:
         o = self.o
         return LayerTrainConfig(lr=o.lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed,
-                                accumulate=o.grad_accum, log_dir=o.log_dir)
+                                accumulate=o.grad_accum, log_dir=o.log_dir, precision=o.precision)
 
     def spec(self, twins: Sequence[int], pruned: Sequence[int] = ()) -> CompressionSpec:
         """Spec for twins at ORIGINAL layers ``twins`` after dropping ORIGINAL layers ``pruned``."""
@@ -240,8 +248,10 @@ class EncoderRun:
             else:
                 model = apply_spec(copy.deepcopy(self.base), spec, seed=self.o.seed, init=self.o.init,
                                    calibrate=lambda m: m.model.encoder(self.calib))
-                init.parent.mkdir(parents=True, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
+                if is_main():
+                    init.parent.mkdir(parents=True, exist_ok=True)
+                    save_file({k: v.contiguous() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
+                barrier()
             self._skel = model.eval()
         return self._skel
 
@@ -273,8 +283,10 @@ class EncoderRun:
                   "heldout_speech_rel_error_svd": relative_layer_error(self.twin(j, trained=False), self.states,
                                                                        self.heldout_ids, j, j + 1,
                                                                        frames=self.heldout_frames)}
-            save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
-            ckpt.unlink(missing_ok=True)
+            if is_main():
+                save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
+                ckpt.unlink(missing_ok=True)
+            barrier()
             stats[str(j)] = s
             _log(f"twin {j}: held-out relative error {s['heldout_rel_error']:.4f}, on speech frames "
                  f"{s['heldout_speech_rel_error']:.4f} (SVD {s['heldout_speech_rel_error_svd']:.4f}; {s['seconds']} s)")
@@ -396,8 +408,10 @@ class EncoderRun:
                                        mixed)
             spec.notes["encoder_recipe"]["recovery"] = {"epochs": recover_epochs, "lr": self.o.recover_lr,
                                                         "kl_weight": self.o.recover_kl, "audio": recovery["audio"]}
-        save_compressed(model, spec, folder)
-        (self.work / "recover" / f"{folder.name}.ckpt").unlink(missing_ok=True)
+        if is_main():
+            save_compressed(model, spec, folder)
+            (self.work / "recover" / f"{folder.name}.ckpt").unlink(missing_ok=True)
+        barrier()
         layers = sum(count_parameters(l) for l in model.model.encoder.layers)
         base_layers = sum(count_parameters(l) for l in self.base.model.encoder.layers)
         kept_dense = sum(count_parameters(self.base.model.encoder.layers[j]) for j in kept)

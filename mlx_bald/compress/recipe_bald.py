@@ -65,7 +65,7 @@ class BaldOptions:
     extra_audio: list[str] = field(default_factory=lambda: ["fillets-nl:train", "tts-en:train"])
     extra_clips: int | None = 400
     hidden_weight: float | None = None  # None: 1.0 for the general student, 0 for the specialised
-    dev_clips: int = 48
+    dev_clips: int | None = None  # None: the whole dev split (a 48-clip dev split misjudged a teacher)
     # compute the constant inputs of training once (cross-attention K/V, the teacher's targets;
     # compress/targets.py) instead of at every step; off = the live path, for comparison
     precompute: bool = True
@@ -203,25 +203,68 @@ def _pseudo_labels(run: _Run) -> dict[str, str]:
             run.work / "pseudo_labels.json", "pseudo-labels")
 
 
+TEACHER_EVALS = 6  # dev checks over the teacher fine-tune
+TEACHER_PATIENCE = 2  # checks without a better dev cross-entropy before it stops
+
+
 def _teacher(run: _Run):
-    """Decoder-only fine-tune of base on the language's train split (CE), or base itself."""
+    """Decoder-only fine-tune of base on the language's train split (CE), stopped early on dev
+    cross-entropy (the best check is kept) and handed on only if its greedy dev WER is not
+    worse than base's; otherwise base is the teacher, and the report and log say so."""
     o = run.o
     if o.general:
         return run.base
     done = run.work / "teacher"
+    if run.report.get("teacher", {}).get("used") == "base":
+        return run.base
     if (done / "model.safetensors").exists():
         from transformers import WhisperForConditionalGeneration
         return WhisperForConditionalGeneration.from_pretrained(done, dtype=torch.float32).to(run.device).eval()
-    _log(f"teacher fine-tune: {o.teacher_steps} steps on {len(run.train)} clips")
-    teacher = copy.deepcopy(run.base)
-    cfg = run.cfg(o.teacher_steps, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
-    train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
+    _log(f"teacher fine-tune: up to {o.teacher_steps} steps on {len(run.train)} clips, checked on "
+         f"{len(run.dev)} dev clips")
+    teacher, best_dir = copy.deepcopy(run.base), run.work / "teacher-best"
+    history = run.report.get("teacher_history", [])
+    best = min(history, key=lambda h: h["dev_ce"]) if history else {"step": 0, "dev_ce": run.dev_ce(run.base)}
+    every = max(1, o.teacher_steps // TEACHER_EVALS)
+    for target in sorted({*range(every, o.teacher_steps, every), o.teacher_steps}):
+        if any(h["step"] == target for h in history):
+            continue  # checked before an interruption
+        if sum(h["step"] > best["step"] for h in history) >= TEACHER_PATIENCE:
+            _log(f"teacher: no better dev CE for {TEACHER_PATIENCE} checks: stopped at step {history[-1]['step']}")
+            break
+        cfg = run.cfg(target, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
+        train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
+        history.append({"step": target, "dev_ce": run.dev_ce(teacher)})
+        if history[-1]["dev_ce"] < best["dev_ce"]:
+            best = history[-1]
+            if is_main():
+                teacher.save_pretrained(best_dir)
+            barrier()
+        run.save_report(teacher_history=history)
+    return _guard_teacher(run, best, best_dir)
+
+
+def _guard_teacher(run: _Run, best: dict, best_dir: Path):
+    """The fine-tuned teacher if its best check beats base on dev (cross-entropy, then greedy
+    WER); else base, said plainly."""
+    base_wer = run.report["base"]["dev_wer"]
+    teacher, why = None, f"no check beat base's dev cross-entropy ({best['dev_ce']})"
+    if best["step"] > 0:
+        from transformers import WhisperForConditionalGeneration
+        teacher = WhisperForConditionalGeneration.from_pretrained(best_dir, dtype=torch.float32).to(run.device).eval()
+        wer = run.dev_wer(teacher)
+        why = f"its dev WER {wer} is worse than base's {base_wer}" if wer > base_wer else ""
+    n = len(run.dev)
+    if why:
+        _log(f"teacher REFUSED: {why} ({n} dev clips); base is the teacher")
+        run.save_report(teacher={"used": "base", "why": why, "dev_clips": n, "dev_wer": base_wer})
+        return run.base
     if is_main():
-        teacher.save_pretrained(done)
+        teacher.save_pretrained(run.work / "teacher")
     barrier()
-    run.save_report(teacher={"dev_wer": run.dev_wer(teacher), "dev_ce": run.dev_ce(teacher), "steps": o.teacher_steps,
-                             "params": count_parameters(teacher)})
-    return teacher.eval()
+    run.save_report(teacher={"used": "fine-tuned", "dev_wer": wer, "dev_ce": best["dev_ce"], "steps": best["step"],
+                             "dev_clips": n, "params": count_parameters(teacher)})
+    return teacher
 
 
 def _merge_spec(o: BaldOptions, alphas: list[float], n_layers: int) -> CompressionSpec:
@@ -353,7 +396,7 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     # {row: (checkpoint folder, None for base; model)}: a rerun after a continued stage loads
     # and re-scores only the checkpoints that changed
     stages = {o.model: (None, lambda: run.base)}  # the source model's row comes first
-    if not o.general:
+    if not o.general and teacher is not run.base:
         stages["teacher"] = (run.work / "teacher", lambda: teacher)
     if (run.work / "merged" / "model.safetensors").is_file():
         stages["merged"] = (run.work / "merged", lambda: load_compressed(run.work / "merged")[0].to(run.device))
@@ -374,6 +417,11 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
             run.save_report(table_rows=scored)
         rows.append(row)
         _log(f"table: {row}")
+    base_wer, final_wer = rows[0]["wer_test"], rows[-1]["wer_test"]
+    verdict = (f"WORSE than stock {o.model} on {sets['test']}: {final_wer} vs {base_wer} WER"
+               if final_wer > base_wer else f"not worse than stock {o.model} on {sets['test']}: {final_wer} vs {base_wer} WER")
+    _log(f"student: {verdict}" + (" -- do not ship it; --name registers it as NAME-unvetted" if final_wer > base_wer else ""))
     run.save_report(table=rows, table_sets={k: f"{v} ({len(clips[k])} clips)" for k, v in sets.items()},
                     table_decoding="greedy on cached base encoder states (torch), whisper-basic "
-                                   "normaliser for non-English, whisper-english for LibriVox")
+                                   "normaliser for non-English, whisper-english for LibriVox",
+                    verdict=verdict)

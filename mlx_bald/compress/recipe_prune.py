@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .hardware import barrier, is_main
 from .layer_cache import HiddenStates, LayerTrainConfig, relative_layer_error, train_layer
 from .prune import choose_layers_to_prune, score_encoder_layers
 
@@ -90,9 +91,11 @@ def train_bridges(base: nn.Module, twin: Callable[[int], nn.Module] | None, stat
                       "heldout_rel_error": relative_layer_error(layer, states, heldout, src, dst)}
             if frames is not None:
                 stats["heldout_speech_rel_error"] = relative_layer_error(layer, states, heldout, src, dst, frames=frames)
-            save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(work / f"{stem}.safetensors"))
-            (work / f"{stem}.json").write_text(json.dumps(stats, indent=1))
-            (work / f"{stem}.ckpt").unlink(missing_ok=True)
+            if is_main():
+                save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(work / f"{stem}.safetensors"))
+                (work / f"{stem}.json").write_text(json.dumps(stats, indent=1))
+                (work / f"{stem}.ckpt").unlink(missing_ok=True)
+            barrier()
             out[stem] = stats
     return out
 

@@ -23,6 +23,7 @@ from torch import nn
 from mlx_bald.compress.data import IGNORE, collate_tokens, token_sequence
 from mlx_bald.compress.distill import kd_kl_loss
 from mlx_bald.compress.greedy import greedy_pseudo_labels
+from mlx_bald.compress.hardware import main_first
 from mlx_bald.compress.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
 
 if TYPE_CHECKING:
@@ -44,9 +45,10 @@ def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Mo
     if o.recover_kl > 0:
         norm = run.base.model.encoder.layer_norm
         # base's greedy transcript of each window (up to 224 tokens), made once per work folder
-        texts = greedy_pseudo_labels(run.base, ids, run.languages, lambda c: norm(run.states.load(c, run.n)[0]),
-                                     run.work / "window_labels.json", "window pseudo-labels",
-                                     max_new_tokens=224, progress=run.progress)
+        with main_first():
+            texts = greedy_pseudo_labels(run.base, ids, run.languages, lambda c: norm(run.states.load(c, run.n)[0]),
+                                         run.work / "window_labels.json", "window pseudo-labels",
+                                         max_new_tokens=224, progress=run.progress)
         kl = DecoderKL(run.base, {i: texts[i] for i in ids}, run.languages, o.recover_kl)
     cfg = LayerTrainConfig(lr=o.recover_lr, epochs=epochs, batch_size=o.batch_size, seed=o.seed,
                            accumulate=o.grad_accum, log_dir=o.log_dir)

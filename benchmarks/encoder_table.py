@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import mlx_bald  # noqa: F401
     from mlx_bald.compress import count_parameters
-    from mlx_bald.compress.recipe_adaptwin import EncoderOptions, EncoderRun
+    from mlx_bald.compress.recipes.encoder import EncoderOptions, EncoderRun
     from mlx_bald.torch_ref import load_torch_model
 
     a = _args(argv)

@@ -58,6 +58,17 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _compress(module: str):
+    """``mlx_bald.compress.<module>`` (ops/, train/), or its flat name in trees older than that
+    layout (today's code: train.data was compress/data.py)."""
+    import importlib
+
+    try:
+        return importlib.import_module(f"mlx_bald.compress.{module}")
+    except ModuleNotFoundError:
+        return importlib.import_module(f"mlx_bald.compress.{module.split('.')[-1]}")
+
+
 # ---- one cell (child process) ---------------------------------------------------------------
 def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
     import torch
@@ -65,9 +76,10 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
     if variant.endswith(("1thread", "2proc")):
         torch.set_num_threads(1)
     if variant == "new-2proc":
-        from mlx_bald.compress.hardware import init_from_env
+        from mlx_bald.compress.train.hardware import init_from_env
         init_from_env()
-    from mlx_bald.compress.data import batches_from_cache, ensure_encoder_cache, subset
+    data = _compress("train.data")
+    batches_from_cache, ensure_encoder_cache, subset = data.batches_from_cache, data.ensure_encoder_cache, data.subset
     from mlx_bald.data import load_set
     from mlx_bald.torch_ref import load_torch_model
 
@@ -89,9 +101,9 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
         return _encoder_cell(stage, base, train[: a.layer_clips], a)
 
     from mlx_bald.compress import apply_spec
-    from mlx_bald.compress.distill import DistillConfig, train_decoder
-    from mlx_bald.compress.embedding import factorize_embedding
-    from mlx_bald.compress.greedy import dev_cross_entropy
+    DistillConfig, train_decoder = _compress("train.distill").DistillConfig, _compress("train.distill").train_decoder
+    factorize_embedding = _compress("ops.embedding").factorize_embedding
+    dev_cross_entropy = _compress("train.greedy").dev_cross_entropy
     from mlx_bald.spec import CompressionSpec, MergeGroup
 
     dev = load_set("fillets-cs:dev")[: a.dev_clips]
@@ -114,9 +126,9 @@ def _cell(stage: str, variant: str, a: argparse.Namespace) -> dict:
     if variant != "today":
         import dataclasses
 
-        from mlx_bald.compress.data import token_rows
-        from mlx_bald.compress.hardware import main_first
-        from mlx_bald.compress.targets import Precomputed
+        from mlx_bald.compress.train.data import token_rows
+        from mlx_bald.compress.train.hardware import main_first
+        from mlx_bald.compress.train.targets import Precomputed
 
         if variant.endswith("bf16"):
             cfg = dataclasses.replace(cfg, precision="bf16")
@@ -143,8 +155,9 @@ def _encoder_cell(stage: str, base, clips: list, a: argparse.Namespace) -> dict:
     product-twin encoder layer (rank 40 attention, rank 180 FFN, LoRA included) trained
     layer-wise, or the whole encoder recovered end to end (h0 -> output after the final norm)."""
     from mlx_bald.compress import apply_spec
-    from mlx_bald.compress.data import features
-    from mlx_bald.compress.layer_cache import HiddenStates, LayerStack, LayerTrainConfig, train_layer
+    features = _compress("train.data").features
+    lc = _compress("train.layer_cache")
+    HiddenStates, LayerStack, LayerTrainConfig, train_layer = lc.HiddenStates, lc.LayerStack, lc.LayerTrainConfig, lc.train_layer
     from mlx_bald.paths import cache_dir
     from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
 

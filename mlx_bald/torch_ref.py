@@ -31,7 +31,7 @@ def load_torch_model(name_or_path: str):
     folder = resolve_model(name_or_path, "hf")
     cfg = json.loads((Path(folder) / "config.json").read_text())
     if TORCH_CONFIG_KEY in cfg:
-        from mlx_bald.compress.model import load_compressed
+        from mlx_bald.compress.ops.model import load_compressed
 
         model, _ = load_compressed(folder)
     else:

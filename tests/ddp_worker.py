@@ -15,10 +15,10 @@ from test_compress_ops import SRC, D, V, tiny_model  # noqa: E402
 VOCAB = 51866
 
 from mlx_bald.compress import apply_spec  # noqa: E402
-from mlx_bald.compress.clip_store import clip_file  # noqa: E402
-from mlx_bald.compress.data import EpochBatches, collate_fn  # noqa: E402
-from mlx_bald.compress.distill import DistillConfig, train_decoder  # noqa: E402
-from mlx_bald.compress.hardware import init_from_env, is_main, main_first, world_size  # noqa: E402
+from mlx_bald.compress.train.clip_store import clip_file  # noqa: E402
+from mlx_bald.compress.train.data import EpochBatches, collate_fn  # noqa: E402
+from mlx_bald.compress.train.distill import DistillConfig, train_decoder  # noqa: E402
+from mlx_bald.compress.train.hardware import init_from_env, is_main, main_first, world_size  # noqa: E402
 from mlx_bald.spec import CompressionSpec, MergeGroup  # noqa: E402
 
 
@@ -57,10 +57,10 @@ def encoder_recipe(out: Path) -> None:
     """The AdaPTwin + pruning recipe end to end (twins, bridges, recovery) on a tiny model."""
     from test_recipe_adaptwin import tiny_run
 
-    from mlx_bald.compress.model import load_compressed
-    from mlx_bald.compress.recipe_adaptwin import run_encoder
+    from mlx_bald.compress.ops.model import load_compressed
+    from mlx_bald.compress.recipes.encoder import run_encoder
 
-    from mlx_bald.compress.layer_cache import HiddenStates
+    from mlx_bald.compress.train.layer_cache import HiddenStates
 
     init_from_env()
     rows = [0]

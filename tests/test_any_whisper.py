@@ -15,11 +15,11 @@ pytest.importorskip("transformers")
 mx = pytest.importorskip("mlx.core")
 
 from converters.torch_to_mlx import convert_checkpoint, sinusoids  # noqa: E402
-from mlx_bald.compress.data import collate_tokens, token_sequence  # noqa: E402
-from mlx_bald.compress.distill import DistillConfig, train_decoder  # noqa: E402
-from mlx_bald.compress.embedding import factorize_embedding  # noqa: E402
-from mlx_bald.compress.model import SPEC_KEY, apply_spec, load_compressed, save_compressed  # noqa: E402
-from mlx_bald.compress.recipe_bald import default_groups  # noqa: E402
+from mlx_bald.compress.train.data import collate_tokens, token_sequence  # noqa: E402
+from mlx_bald.compress.train.distill import DistillConfig, train_decoder  # noqa: E402
+from mlx_bald.compress.ops.embedding import factorize_embedding  # noqa: E402
+from mlx_bald.compress.ops.model import SPEC_KEY, apply_spec, load_compressed, save_compressed  # noqa: E402
+from mlx_bald.compress.recipes.bald import default_groups  # noqa: E402
 from mlx_bald.load import load_model  # noqa: E402
 from mlx_bald.spec import CompressionSpec, MergeGroup  # noqa: E402
 from mlx_bald.vocab import is_multilingual, num_languages, tokenizer_for  # noqa: E402

@@ -13,7 +13,7 @@ from test_compress_ops import D, H, V, features, tiny_model, tokens  # noqa: E40
 
 from mlx_bald.compress import (LowRankWhisperAttention, apply_spec, build_from_spec,  # noqa: E402
                                choose_ffn_ranks, count_parameters, ffn_input_rms, expected_parameters, load_compressed, save_compressed)
-from mlx_bald.compress.distill import DistillConfig, kd_kl_loss, train_decoder  # noqa: E402
+from mlx_bald.compress.train.distill import DistillConfig, kd_kl_loss, train_decoder  # noqa: E402
 from mlx_bald.errors import ModelFormatError  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup  # noqa: E402
 
@@ -157,7 +157,7 @@ def test_tiny_distillation_run_decreases_loss(tmp_path):
     ids = torch.randint(0, V - 4, (4, 9), generator=g)
     batch = {"encoder_hidden_states": enc, "decoder_input_ids": ids[:, :-1], "labels": ids[:, 1:]}
     cfg = DistillConfig(lr=3e-3, steps=25, checkpoint_every=10, feature_weight=0.1, seed=0)
-    from mlx_bald.compress.distill import distill_losses
+    from mlx_bald.compress.train.distill import distill_losses
     before = distill_losses(student, teacher, batch, cfg)["loss"].item()
     stats = train_decoder(student, teacher, lambda epoch: [batch], cfg, out_dir=tmp_path, progress=False)
     after = distill_losses(student, teacher, batch, cfg)["loss"].item()

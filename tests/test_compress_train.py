@@ -9,7 +9,7 @@ pytest.importorskip("transformers")
 from test_compress_ops import features, tiny_model, tokens  # noqa: E402
 
 from mlx_bald.compress import apply_spec  # noqa: E402
-from mlx_bald.compress.distill import cache_encoder_outputs, load_cached_encoder_output  # noqa: E402
+from mlx_bald.compress.train.distill import cache_encoder_outputs, load_cached_encoder_output  # noqa: E402
 from mlx_bald.spec import CompressionSpec  # noqa: E402
 
 
@@ -36,7 +36,7 @@ def test_encoder_cache_written_once_in_fp16(tmp_path):
 
 
 def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_path):
-    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.compress.train.data import batches_from_cache
     from mlx_bald.data.clips import Clip
 
     words = "ahoj jak se máš dnes je hezky venku a svítí slunce nad řekou".split()
@@ -58,9 +58,9 @@ def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_
 
 
 def test_resumed_batch_stream_skips_without_loading(tmp_path, monkeypatch):
-    from mlx_bald.compress import distill
-    from mlx_bald.compress.data import batches_from_cache
-    from mlx_bald.compress.distill import _cycle
+    from mlx_bald.compress.train import distill
+    from mlx_bald.compress.train.data import batches_from_cache
+    from mlx_bald.compress.train.distill import _cycle
     from mlx_bald.data.clips import Clip
 
     clips = [Clip(id=f"c{i}", path=tmp_path / "none.ogg", text="ahoj " * (1 + i % 5), language="cs")
@@ -85,7 +85,7 @@ def test_resumed_batch_stream_skips_without_loading(tmp_path, monkeypatch):
 def _unsorted(clips, cache):
     import random
 
-    from mlx_bald.compress.data import collate, token_sequence
+    from mlx_bald.compress.train.data import collate, token_sequence
 
     order = list(range(len(clips)))
     random.Random(0).shuffle(order)
@@ -95,7 +95,7 @@ def _unsorted(clips, cache):
 
 
 def test_cross_attention_kv_frozen_by_default_and_teacher_skipped_without_kd():
-    from mlx_bald.compress.distill import DistillConfig, train_decoder
+    from mlx_bald.compress.train.distill import DistillConfig, train_decoder
 
     student, teacher = tiny_model(), tiny_model()
     kv = student.model.decoder.layers[0].encoder_attn.k_proj.weight.clone()
@@ -131,7 +131,7 @@ def test_openblas_loads_only_when_mlx_is_imported():
 
 def test_hidden_state_matching_of_merged_layers():
     """A merged layer learns to reproduce the output of the last layer it replaced."""
-    from mlx_bald.compress.distill import DistillConfig, distill_losses, train_decoder
+    from mlx_bald.compress.train.distill import DistillConfig, distill_losses, train_decoder
     from mlx_bald.spec import MergeGroup
 
     teacher = tiny_model()
@@ -157,7 +157,7 @@ def test_hidden_state_matching_of_merged_layers():
 
 def test_batches_from_several_caches(tmp_path):
     """Clips of several sets (general student): one encoder-cache folder per set."""
-    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.compress.train.data import batches_from_cache
     from mlx_bald.data.clips import Clip
 
     model = tiny_model()
@@ -179,8 +179,8 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
     import os
     from types import SimpleNamespace
 
-    import mlx_bald.compress.model as cmodel
-    import mlx_bald.compress.recipe_bald as rb
+    import mlx_bald.compress.ops.model as cmodel
+    import mlx_bald.compress.recipes.bald as rb
     work, final = tmp_path / "work", tmp_path / "student"
     for folder in (work / "teacher", work / "merged", final):
         folder.mkdir(parents=True)
@@ -214,7 +214,7 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
 def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):
     """--groups 4-5 merges one pair and keeps layers 0-3 (groups of one); 'none' merges nothing."""
     from mlx_bald.cli.compress import _groups
-    from mlx_bald.compress.recipe_bald import BaldOptions, _merge_spec
+    from mlx_bald.compress.recipes.bald import BaldOptions, _merge_spec
 
     assert _groups("0-1,2-3") == [[0, 1], [2, 3]] and _groups("none") == [] and _groups("") == []
     spec = _merge_spec(BaldOptions(out=tmp_path, groups=[[2, 3]]), [0.2], n_layers=4)
@@ -231,7 +231,7 @@ def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):
 
 
 def test_a_rerun_with_more_steps_continues_a_stage_and_fewer_is_refused(tmp_path):
-    from mlx_bald.compress.recipe_bald import _must_train
+    from mlx_bald.compress.recipes.bald import _must_train
     from mlx_bald.errors import MlxBaldError
 
     folder, ckpt = tmp_path / "student", tmp_path / "embed-ckpt"
@@ -272,7 +272,7 @@ def test_a_teacher_worse_than_base_on_dev_is_refused(tmp_path, best_step, teache
     greedy WER); otherwise base is the teacher and the report says why."""
     from types import SimpleNamespace
 
-    import mlx_bald.compress.recipe_bald as rb
+    import mlx_bald.compress.recipes.bald as rb
 
     base, best_dir = tiny_model(), tmp_path / "work" / "teacher-best"
     tiny_model(seed=3).save_pretrained(best_dir)

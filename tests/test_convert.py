@@ -12,7 +12,7 @@ torch = pytest.importorskip("torch")
 import mlx.core as mx  # noqa: E402
 
 from converters.torch_to_mlx import convert_checkpoint, sinusoids  # noqa: E402
-from mlx_bald.compress.model import apply_spec, load_compressed, save_compressed  # noqa: E402
+from mlx_bald.compress.ops.model import apply_spec, load_compressed, save_compressed  # noqa: E402
 from mlx_bald.errors import ModelFormatError  # noqa: E402
 from mlx_bald.load import load_model  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup  # noqa: E402

@@ -10,9 +10,9 @@ pytest.importorskip("transformers")
 from test_compress_ops import D, V, tiny_model, tokens  # noqa: E402
 from test_whiten import correlated  # noqa: E402
 
-from mlx_bald.compress.embedding import (EmbeddingStats, FactoredEmbedding, collect_embedding_stats,  # noqa: E402
+from mlx_bald.compress.ops.embedding import (EmbeddingStats, FactoredEmbedding, collect_embedding_stats,  # noqa: E402
                                          factorize_embedding)
-from mlx_bald.compress.whiten import collect_input_moments  # noqa: E402
+from mlx_bald.compress.ops.whiten import collect_input_moments  # noqa: E402
 
 
 def batches(n: int, seed: int) -> list[dict[str, torch.Tensor]]:
@@ -74,7 +74,7 @@ def test_data_aware_low_rank_beats_plain_svd_where_the_data_is():
 
 
 def test_bald_rejects_an_unknown_embedding_init(tmp_path):
-    from mlx_bald.compress.recipe_bald import BaldOptions, run_bald
+    from mlx_bald.compress.recipes.bald import BaldOptions, run_bald
     from mlx_bald.errors import MlxBaldError
 
     with pytest.raises(MlxBaldError, match="embed_init"):

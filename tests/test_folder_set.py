@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from mlx_bald.compress.data import set_subset
+from mlx_bald.compress.train.data import set_subset
 from mlx_bald.data import load_set
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.evaluate import evaluate

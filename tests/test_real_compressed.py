@@ -22,7 +22,7 @@ def compressed_base(tmp_path_factory):
     import copy
 
     from converters.torch_to_mlx import convert_checkpoint
-    from mlx_bald.compress.model import apply_spec, save_compressed
+    from mlx_bald.compress.ops.model import apply_spec, save_compressed
     from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
     from mlx_bald.torch_ref import load_torch_model
 

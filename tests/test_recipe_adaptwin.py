@@ -20,10 +20,10 @@ from test_compress_ops import N_MELS, SRC, tiny_model  # noqa: E402
 from converters.torch_to_mlx import convert_checkpoint, sinusoids  # noqa: E402
 from mlx_bald.cli.compress import _encoder, _recipe  # noqa: E402
 from mlx_bald.compress import apply_spec, count_parameters, expected_parameters, load_compressed, save_compressed  # noqa: E402
-from mlx_bald.compress.layer_cache import HiddenStates, LayerTrainConfig, pack_windows, train_layer  # noqa: E402
-from mlx_bald.compress.recipe_adaptwin import EncoderOptions, EncoderRun, run_encoder, select_layers  # noqa: E402
-from mlx_bald.compress.recipe_combine import combine  # noqa: E402
-from mlx_bald.compress.recipe_prune import bridge_plan  # noqa: E402
+from mlx_bald.compress.train.layer_cache import HiddenStates, LayerTrainConfig, pack_windows, train_layer  # noqa: E402
+from mlx_bald.compress.recipes.encoder import EncoderOptions, EncoderRun, run_encoder, select_layers  # noqa: E402
+from mlx_bald.compress.recipes.combine import combine  # noqa: E402
+from mlx_bald.compress.train.bridges import bridge_plan  # noqa: E402
 from mlx_bald.errors import MlxBaldError  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank, MergeGroup  # noqa: E402
 
@@ -253,7 +253,7 @@ def test_cli_prune_plus_adaptwin_on_real_weights(tmp_path):
 
 
 def test_recovery_trains_the_built_encoder_end_to_end(tmp_path):
-    from mlx_bald.compress.layer_cache import LayerStack, relative_output_error
+    from mlx_bald.compress.train.layer_cache import LayerStack, relative_output_error
 
     base = tiny_model(encoder_layers=4)
     kw = tiny_run(tmp_path, base, epochs=1, recover_epochs=6, recover_lr=3e-3)
@@ -350,7 +350,7 @@ def test_train_audio_joins_the_layer_wise_windows(tmp_path, monkeypatch):
 
 
 def test_decoder_kl_is_zero_at_the_target_and_trains_only_the_encoder_output():
-    from mlx_bald.compress.recovery import DecoderKL
+    from mlx_bald.compress.train.recovery import DecoderKL
 
     model = tiny_model(vocab_size=51865, max_target_positions=448)
     kl = DecoderKL(model, {"a": "hello world", "b": "ahoj světe, jak se máš"}, {"a": "en", "b": "cs"}, weight=2.0)

@@ -1,4 +1,4 @@
-"""Constant inputs computed once (compress/targets.py): cached cross-attention K/V and cached
+"""Constant inputs computed once (compress/train/targets.py): cached cross-attention K/V and cached
 teacher targets give the same losses as the live teacher and live projections, on a tiny config."""
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ pytest.importorskip("transformers")
 from test_compress_ops import SRC, D, V, tiny_model  # noqa: E402
 
 from mlx_bald.compress import apply_spec  # noqa: E402
-from mlx_bald.compress.clip_store import clip_file  # noqa: E402
-from mlx_bald.compress.data import collate_fn  # noqa: E402
-from mlx_bald.compress.distill import DistillConfig, cache_encoder_outputs, distill_losses  # noqa: E402
-from mlx_bald.compress.targets import (cache_cross_kv, cache_teacher_targets, cross_kv_batch,  # noqa: E402
+from mlx_bald.compress.train.clip_store import clip_file  # noqa: E402
+from mlx_bald.compress.train.data import collate_fn  # noqa: E402
+from mlx_bald.compress.train.distill import DistillConfig, cache_encoder_outputs, distill_losses  # noqa: E402
+from mlx_bald.compress.train.targets import (cache_cross_kv, cache_teacher_targets, cross_kv_batch,  # noqa: E402
                                        cross_kv_mix, teacher_targets_batch)
 from mlx_bald.spec import CompressionSpec, MergeGroup  # noqa: E402
 
@@ -39,7 +39,7 @@ def caches(tmp_path):
     from safetensors.torch import save_file
     for cid, s in states.items():  # fp16, as the encoder cache stores them
         save_file({"encoder_hidden_states": s.half()}, str(clip_file(tmp_path / "enc", cid)))
-    from mlx_bald.compress.distill import load_cached_encoder_output
+    from mlx_bald.compress.train.distill import load_cached_encoder_output
     kv = cache_cross_kv(teacher, list(states), lambda c: load_cached_encoder_output(tmp_path / "enc", c),
                         tmp_path / "kv", progress=False)
     return teacher, rows, tmp_path / "enc", kv, tmp_path
@@ -104,7 +104,7 @@ def test_teacher_targets_are_rebuilt_for_new_tokens(caches):
 def test_row_gradient_lookup_gives_autograds_embedding_gradient(caches):
     """decoder_forward adds the token lookup's gradient into the tied embedding's rows in place;
     the total must equal autograd's dense gradient of the plain forward, pad rows excluded."""
-    from mlx_bald.compress.distill import decoder_forward
+    from mlx_bald.compress.train.distill import decoder_forward
 
     _, rows, enc, _, _ = caches
     batch = collate_fn(enc)(rows)
@@ -131,8 +131,8 @@ def test_row_gradient_lookup_gives_autograds_embedding_gradient(caches):
 def test_fused_ce_and_kl_match_the_op_by_op_losses_and_gradients(with_teacher):
     from torch.nn import functional as F
 
-    from mlx_bald.compress.distill import kd_kl_loss
-    from mlx_bald.compress.logit_losses import ce_and_kl
+    from mlx_bald.compress.train.distill import kd_kl_loss
+    from mlx_bald.compress.train.logit_losses import ce_and_kl
 
     g = torch.Generator().manual_seed(3)
     n, vocab = 37, 300  # more rows than one chunk, a ragged last chunk

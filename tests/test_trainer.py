@@ -1,4 +1,4 @@
-"""The one training loop (compress/trainer.py): gradient accumulation, TensorBoard logging,
+"""The one training loop (compress/train/trainer.py): gradient accumulation, TensorBoard logging,
 and that every stage trains through it."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ pytest.importorskip("transformers")
 from test_recipe_adaptwin import clips, featurize  # noqa: E402
 from test_compress_ops import tiny_model  # noqa: E402
 
-from mlx_bald.compress.layer_cache import HiddenStates, LayerTrainConfig, train_layer  # noqa: E402
+from mlx_bald.compress.train.layer_cache import HiddenStates, LayerTrainConfig, train_layer  # noqa: E402
 from mlx_bald.errors import MlxBaldError  # noqa: E402
 
 

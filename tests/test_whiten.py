@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 from test_compress_ops import D, tiny_model, features  # noqa: E402
 
 from mlx_bald.compress import apply_spec, compress_attention, lowrank_from_linear  # noqa: E402
-from mlx_bald.compress.whiten import collect_input_moments, whitener  # noqa: E402
+from mlx_bald.compress.ops.whiten import collect_input_moments, whitener  # noqa: E402
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank  # noqa: E402
 
 

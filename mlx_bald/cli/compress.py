@@ -74,9 +74,8 @@ def register(sub) -> argparse.ArgumentParser:
     data.add_argument("--test", default=None, metavar="SET",
                       help="set of the final table (default with --train: the --dev set)")
     add_column_args(data)
-    hw = p.add_argument_group("hardware (every recipe runs under torchrun; --device for bald)")
-    hw.add_argument("--device", choices=DEVICES, default="auto",
-                    help="auto: cuda, then mps, then cpu (the encoder recipes train on the CPU)")
+    hw = p.add_argument_group("hardware (every recipe; data-parallel under torchrun)")
+    hw.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
     p.add_argument("--grad-accum", type=int, default=1,
                    help="micro-batches of --batch-size (--layer-batch-size) per optimiser step: a larger "
                         "effective batch in the same memory")
@@ -169,7 +168,7 @@ def register(sub) -> argparse.ArgumentParser:
 
 
 def _encoder(args, out: Path):
-    from mlx_bald.compress.recipe_adaptwin import EncoderOptions, run_encoder
+    from mlx_bald.compress.recipes.encoder import EncoderOptions, run_encoder
 
     if args.prune is not None and "prune" not in args.recipe:
         raise argparse.ArgumentTypeError("--prune needs a recipe with prune (e.g. --recipe prune)")
@@ -182,29 +181,28 @@ def _encoder(args, out: Path):
                           lr=args.layer_lr, recover_epochs=args.recover_epochs, recover_lr=args.recover_lr,
                           recover_kl=args.recover_kl, recover_audio=tuple(args.recover_audio), train_audio=tuple(args.train_audio),
                           audio_clips=args.audio_clips, init=args.init, grad_accum=args.grad_accum,
-                          log_dir=args.log_dir, precision=args.precision, seed=args.seed)
+                          log_dir=args.log_dir, device=args.device, precision=args.precision, seed=args.seed)
     return run_encoder(opts, out / "student")
 
 
 def run(args) -> int:
     try:
-        from mlx_bald.compress.recipe_bald import run_bald
+        from mlx_bald.compress.recipes.bald import run_bald
     except ImportError as e:
         from mlx_bald.errors import MlxBaldError
         raise MlxBaldError(f"compression needs the [compress] extra (torch, transformers): {e}") from e
     from converters.torch_to_mlx import convert_checkpoint
     from mlx_bald.paths import models_dir
 
-    from mlx_bald.compress.hardware import is_main
+    from mlx_bald.compress.train.hardware import is_main
     from mlx_bald.errors import MlxBaldError
 
     recipe = tuple(args.recipe)
     _default_name(args, recipe)
     if recipe != ("bald",):
-        if args.device not in ("auto", "cpu") or args.train:
-            raise MlxBaldError("--device cuda/mps and --train cover the bald recipe so far; the encoder recipes "
-                               "(prune, adaptwin) train on the CPU (torchrun ranks and --precision work) on "
-                               "fillets-<lang>")
+        if args.train:
+            raise MlxBaldError("--train covers the bald recipe so far; the encoder recipes (prune, adaptwin) "
+                               "train on unlabelled fillets-<lang> audio (plus --train-audio)")
         try:
             student = _combined(args, recipe)
         except (ValueError, argparse.ArgumentTypeError) as e:
@@ -234,7 +232,7 @@ def _default_name(args, recipe: tuple[str, ...]) -> None:
 
 
 def _bald_options(args, out: Path):
-    from mlx_bald.compress.recipe_bald import BaldOptions
+    from mlx_bald.compress.recipes.bald import BaldOptions
 
     return BaldOptions(out=out, model=args.model, lang=args.lang, general=args.general,
                        groups=args.groups, alphas=None if args.alpha is None else [args.alpha],
@@ -256,13 +254,13 @@ def _combined(args, recipe: tuple[str, ...]) -> Path:
     joined into out/student."""
     if "bald" not in recipe:
         return _encoder(args, args.out)
-    from mlx_bald.compress.recipe_bald import run_bald
-    from mlx_bald.compress.recipe_combine import combine
+    from mlx_bald.compress.recipes.bald import run_bald
+    from mlx_bald.compress.recipes.combine import combine
     from mlx_bald.torch_ref import load_torch_model
 
     decoder_side = run_bald(_bald_options(args, args.out / "bald"))
     encoder_side = _encoder(args, args.out / "encoder")
-    from mlx_bald.compress.hardware import barrier, is_main
+    from mlx_bald.compress.train.hardware import barrier, is_main
 
     if is_main():
         combine(decoder_side, encoder_side, args.out / "student", base=load_torch_model(args.model))

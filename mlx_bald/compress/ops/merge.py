@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import nn
 
-from ..spec import MergeGroup, SpecError
+from mlx_bald.spec import MergeGroup, SpecError
 
 MergeFn = Callable[[Sequence[torch.Tensor], Sequence[float]], torch.Tensor]
 MERGE_FUNCTIONS: dict[str, MergeFn] = {}

@@ -24,9 +24,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .hardware import barrier, is_main
-from .layer_cache import HiddenStates, LayerTrainConfig, relative_layer_error, train_layer
-from .prune import choose_layers_to_prune, score_encoder_layers
+from mlx_bald.compress.train.hardware import barrier, is_main
+from mlx_bald.compress.train.layer_cache import HiddenStates, LayerTrainConfig, relative_layer_error, train_layer
+from mlx_bald.compress.ops.prune import choose_layers_to_prune, score_encoder_layers
 
 
 def bridge_plan(pruned: Sequence[int], n_layers: int) -> dict[int, tuple[int, int]]:
@@ -92,7 +92,7 @@ def train_bridges(base: nn.Module, twin: Callable[[int], nn.Module] | None, stat
             if frames is not None:
                 stats["heldout_speech_rel_error"] = relative_layer_error(layer, states, heldout, src, dst, frames=frames)
             if is_main():
-                save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(work / f"{stem}.safetensors"))
+                save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(work / f"{stem}.safetensors"))
                 (work / f"{stem}.json").write_text(json.dumps(stats, indent=1))
                 (work / f"{stem}.ckpt").unlink(missing_ok=True)
             barrier()

@@ -21,7 +21,7 @@ from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.whisper.modeling_whisper import WhisperAttention, eager_attention_forward
 
-from .whiten import collect_input_moments, unwhiten_left, unwhiten_right, whitener
+from mlx_bald.compress.ops.whiten import collect_input_moments, unwhiten_left, unwhiten_right, whitener
 
 RANK_MULTIPLE = 16
 

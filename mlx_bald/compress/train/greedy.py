@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from mlx_bald.compress.data import token_sequence, tokenizer
+from mlx_bald.compress.train.data import token_sequence, tokenizer
 
 
 @torch.no_grad()
@@ -74,7 +74,7 @@ def greedy_pseudo_labels(model, ids: Sequence[str], languages: Mapping[str, str 
 
 def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120) -> float:
     """Corpus WER (%) of ``model`` on ``clips`` using their cached encoder states."""
-    from mlx_bald.compress.distill import load_cached_encoder_output
+    from mlx_bald.compress.train.distill import load_cached_encoder_output
     from mlx_bald.evaluate import corpus_wer
 
     model.eval()
@@ -93,7 +93,7 @@ def dev_cross_entropy(model, clips, cache, batch_size: int = 16, max_tokens: int
     that still ranks students whose greedy output is all wrong (WER 100)."""
     from torch.nn import functional as F
 
-    from mlx_bald.compress.data import batches_from_cache
+    from mlx_bald.compress.train.data import batches_from_cache
 
     model.eval()
     weight = next(model.parameters())

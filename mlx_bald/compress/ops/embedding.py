@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .whiten import collect_input_moments, unwhiten_right, whitener
+from mlx_bald.compress.ops.whiten import collect_input_moments, unwhiten_right, whitener
 
 
 class FactoredEmbedding(nn.Module):

@@ -10,7 +10,7 @@
    low-rank FFN at r_f + l_f, LoRA = 1/5 resp. 1/10 of it as in the paper, activation-aware
    SVD init) and fine-tuned layer-wise, one layer after another, on ||T'(X_in) - X_out||^2.
    Each finished layer is saved; an interrupted layer resumes from its checkpoint.
-3. Pruning (``recipe_prune``): the lowest-scoring layers are dropped and the kept layer after
+3. Pruning (``train.bridges``): the lowest-scoring layers are dropped and the kept layer after
    each cut is retrained as a bridge (dense and twin versions).
 4. Variable compression, no retraining: each kept layer's twin is swapped alone into the
    (pruned) dense encoder and the change of the final encoder output on held-out audio is
@@ -27,10 +27,8 @@
 from __future__ import annotations
 
 import copy
-import json
 import math
 import re
-import resource
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -41,14 +39,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlx_bald.compress.data import features, set_subset, subset
-from mlx_bald.compress.hardware import barrier, init_from_env, is_main, main_first
-from mlx_bald.compress.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows,
+from mlx_bald.compress.train.data import features, set_subset, subset
+from mlx_bald.compress.train.hardware import (barrier, check_precision, init_from_env, is_main, main_first,
+                                              resolve_device)
+from mlx_bald.compress.train.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows,
                                            relative_layer_error, speech_mask, train_layer)
-from mlx_bald.compress.model import apply_spec, count_parameters, expected_parameters, save_compressed
-from mlx_bald.compress.recipe_prune import bridge_plan, choose_pruned, load_bridge, train_bridges
-from mlx_bald.compress.recovery import recover_encoder
-from mlx_bald.compress.twins import split_rank
+from mlx_bald.compress.ops.model import apply_spec, count_parameters, expected_parameters, save_compressed
+from mlx_bald.compress.train.bridges import bridge_plan, choose_pruned, load_bridge, train_bridges
+from mlx_bald.compress.recipes.skeleton import RecipeRun
+from mlx_bald.compress.train.recovery import recover_encoder
+from mlx_bald.compress.ops.twins import split_rank
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
 
 
@@ -81,7 +81,8 @@ class EncoderOptions:
     init: str = "whiten"  # SVD initialisation of the twins: "whiten" (second moments) or "asvd" (RMS)
     calib_windows: int = 8  # train windows (evenly spaced) that calibrate the data-aware SVD
     grad_accum: int = 1  # micro-batches of batch_size per optimiser step
-    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast (the encoder recipes train on the CPU)
+    device: str = "auto"  # auto: cuda, then mps, then cpu (hardware.resolve_device)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 autocast
     log_dir: str | None = None  # TensorBoard scalars of every training stage
     seed: int = 0
 
@@ -128,8 +129,9 @@ def _out(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return y[0] if isinstance(y, tuple) else y
 
 
-class EncoderRun:
-    """Shared state of one recipe run: base model, cached hidden states, trained layers, report."""
+class EncoderRun(RecipeRun):
+    """Shared state of one encoder run (pruning and/or AdaPTwin): base model, cached hidden
+    states, trained layers, report (skeleton.RecipeRun)."""
 
     def __init__(self, o: EncoderOptions, progress: bool = True, *, base: nn.Module | None = None,
                  train: Sequence | None = None, heldout: Sequence | None = None,
@@ -140,23 +142,14 @@ class EncoderRun:
         hidden-state cache; tests pass tiny stand-ins."""
         from mlx_bald.paths import cache_dir
 
-        self.o, self.progress, self.t0 = o, progress, time.time()
-        self.out, self.work = Path(o.out), Path(o.out) / "work"
-        init_from_env()  # under torchrun: join the ranks (gloo; the encoder recipes train on the CPU)
-        if is_main():
-            self.work.mkdir(parents=True, exist_ok=True)
-        self.report_path = self.out / "report.json"
-        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
-        options = json.loads(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in asdict(o).items()}))
-        before = self.report.get("options", {})
-        changed = [k for k in _TRAINING_OPTIONS if k in before and before[k] != options[k]]
-        if changed:
-            raise ValueError(f"{self.out} holds a run made with other {', '.join(changed)}; use another output folder")
-        self.report["options"] = options
+        self.o, self.progress, self.device = o, progress, resolve_device(o.device)
+        check_precision(o.precision)
+        init_from_env(self.device)  # under torchrun: join the ranks (a no-op otherwise)
+        super().__init__(o.out, o, fixed=_TRAINING_OPTIONS)
         if base is None:
             from mlx_bald.torch_ref import load_torch_model
             base = load_torch_model(o.model)
-        self.base = base.eval()  # never modified: layers are copied before training
+        self.base = base.to(self.device).eval()  # never modified: layers are copied before training
         cfg = self.base.config
         self.n = cfg.encoder_layers
         ra, rf = default_ranks(cfg)
@@ -181,16 +174,17 @@ class EncoderRun:
         self.heldout_frames = ({c.id: min(cfg.max_source_positions, math.ceil(len(c.audio) / 320)) for c in heldout}
                                if all(hasattr(c, "audio") for c in heldout) else None)
         states_dir = states_dir or cache_dir() / "hidden-states" / re.sub(r"[^A-Za-z0-9._-]", "_", o.model)
-        self.states = HiddenStates(states_dir)
+        self.states = HiddenStates(states_dir, self.device)
         todo = ((c.id, featurize(c)) for c in list(train) + list(heldout) + extra if not self.states.has(c.id))
         t0 = time.time()
         with main_first():  # rank 0 builds the cache, the others find it
             built = self.states.build(self.base, todo, progress=progress)
         if built:
             self.report["hidden_states_seconds"] = round(self.report.get("hidden_states_seconds", 0) + time.time() - t0, 1)
-        self.calib = torch.stack([featurize(c) for c in train[::max(1, len(train) // o.calib_windows)][:o.calib_windows]])
+        self.calib = torch.stack([featurize(c) for c in train[::max(1, len(train) // o.calib_windows)][:o.calib_windows]]
+                                 ).to(self.device)
         hf = [featurize(c) for c in heldout]
-        self.heldout_batches = [torch.stack(hf[i:i + 4]) for i in range(0, len(hf), 4)]
+        self.heldout_batches = [torch.stack(hf[i:i + 4]).to(self.device) for i in range(0, len(hf), 4)]
         self._skel: nn.Module | None = None
         self.save_report(data={"train": f"fillets-{o.lang}:train", "train_clips": n_clips,
                                "train_audio": list(o.train_audio),
@@ -199,20 +193,9 @@ class EncoderRun:
                          ranks={"attention": asdict(self.attn_rank), "ffn": asdict(self.ffn_rank)})
 
     # ---- bookkeeping --------------------------------------------------------------------
-    def save_report(self, **updates) -> None:
-        self.report.update(updates)
-        self.report["wall_seconds_this_session"] = round(time.time() - self.t0, 1)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-        self.report["peak_rss_gib"] = round(max(peak, self.report.get("peak_rss_gib", 0)), 2)
-        if not is_main():
-            return
-        tmp = self.report_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.report, indent=2))
-        tmp.replace(self.report_path)
-
     def _set_windows(self, names: Sequence[str]) -> list:
         """Windows of ``audio_clips`` clips of each of the sets ``names``, ids prefixed by the set name."""
-        from mlx_bald.compress.layer_cache import Window
+        from mlx_bald.compress.train.layer_cache import Window
 
         o, out = self.o, []
         for name in names:
@@ -250,7 +233,7 @@ class EncoderRun:
                                    calibrate=lambda m: m.model.encoder(self.calib))
                 if is_main():
                     init.parent.mkdir(parents=True, exist_ok=True)
-                    save_file({k: v.contiguous() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
+                    save_file({k: v.contiguous().cpu() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
                 barrier()
             self._skel = model.eval()
         return self._skel
@@ -284,7 +267,7 @@ class EncoderRun:
                                                                        self.heldout_ids, j, j + 1,
                                                                        frames=self.heldout_frames)}
             if is_main():
-                save_file({k: v.contiguous() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
+                save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
                 ckpt.unlink(missing_ok=True)
             barrier()
             stats[str(j)] = s

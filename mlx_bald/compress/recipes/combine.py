@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mlx_bald.compress.model import load_compressed, record_spec, save_compressed
+from mlx_bald.compress.ops.model import load_compressed, record_spec, save_compressed
 from mlx_bald.spec import CompressionSpec
 
 CANONICAL_ORDER = ("bald", "prune", "adaptwin")

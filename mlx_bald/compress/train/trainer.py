@@ -23,7 +23,7 @@ from torch import nn
 
 from mlx_bald.errors import MlxBaldError
 
-from .hardware import all_reduce_grads, autocast, barrier, broadcast_params, grad_scaler, is_main
+from mlx_bald.compress.train.hardware import all_reduce_grads, autocast, barrier, broadcast_params, grad_scaler, is_main
 
 
 @dataclass

@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from mlx_bald.compress.data import IGNORE, collate_tokens, token_sequence
-from mlx_bald.compress.distill import kd_kl_loss
-from mlx_bald.compress.greedy import greedy_pseudo_labels
-from mlx_bald.compress.hardware import main_first
-from mlx_bald.compress.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
+from mlx_bald.compress.train.data import IGNORE, collate_tokens, token_sequence
+from mlx_bald.compress.train.distill import kd_kl_loss
+from mlx_bald.compress.train.greedy import greedy_pseudo_labels
+from mlx_bald.compress.train.hardware import main_first
+from mlx_bald.compress.train.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
 
 if TYPE_CHECKING:
-    from mlx_bald.compress.recipe_adaptwin import EncoderRun
+    from mlx_bald.compress.recipes.encoder import EncoderRun
 
 
 def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
@@ -87,7 +87,7 @@ class DecoderKL:
         return self.head(hidden).float()
 
     def __call__(self, ids: Sequence[str], output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        inputs, mask = self._tokens(ids)
+        inputs, mask = (t.to(output.device) for t in self._tokens(ids))
         with torch.no_grad():
             ref = self._logits(inputs, target)[mask]
         return self.weight * kd_kl_loss(self._logits(inputs, output)[mask], ref, temperature=self.temperature)

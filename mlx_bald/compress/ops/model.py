@@ -21,14 +21,14 @@ from torch import nn
 from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 from transformers.initialization import no_init_weights
 
-from ..errors import ModelFormatError
-from ..spec import TORCH_CONFIG_KEY, CompressionSpec, FFNRank, SpecError
-from .embedding import FactoredEmbedding, factorize_embedding, install_factored_embedding
-from .merge import merge_decoder
-from .prune import prune_encoder
-from .twins import (LowRankLinear, LowRankWhisperAttention, bake_all_lora, choose_rank, collect_input_rms,
+from mlx_bald.errors import ModelFormatError
+from mlx_bald.spec import TORCH_CONFIG_KEY, CompressionSpec, FFNRank, SpecError
+from mlx_bald.compress.ops.embedding import FactoredEmbedding, factorize_embedding, install_factored_embedding
+from mlx_bald.compress.ops.merge import merge_decoder
+from mlx_bald.compress.ops.prune import prune_encoder
+from mlx_bald.compress.ops.twins import (LowRankLinear, LowRankWhisperAttention, bake_all_lora, choose_rank, collect_input_rms,
                     compress_attention, empty_lowrank_attention, lowrank_from_linear, split_rank)
-from .whiten import collect_input_moments
+from mlx_bald.compress.ops.whiten import collect_input_moments
 
 SPEC_KEY = TORCH_CONFIG_KEY  # the key in a compressed checkpoint's config (spec.py)
 _ATTN_LEAF = {"attn": "self_attn", "cross_attn": "encoder_attn"}

@@ -28,9 +28,9 @@ from safetensors import safe_open
 from torch import nn
 from torch.nn import functional as F
 
-from .clip_store import clip_file, write_missing
-from .hardware import Shard, rank, world_size
-from .trainer import TrainConfig, shares, train
+from mlx_bald.compress.train.clip_store import clip_file, write_missing
+from mlx_bald.compress.train.hardware import Shard, rank, world_size
+from mlx_bald.compress.train.trainer import TrainConfig, shares, train
 
 
 class _StopForward(Exception):
@@ -77,10 +77,11 @@ def capture_layer_io(original: nn.Module, layers: dict[str, nn.Module], batch: d
 
 
 class HiddenStates:
-    """Per-clip encoder boundaries ``h0..hN`` in ``folder``."""
+    """Per-clip encoder boundaries ``h0..hN`` in ``folder`` (on disk in fp16; ``load`` returns
+    float32 on ``device``)."""
 
-    def __init__(self, folder: str | os.PathLike):
-        self.folder = Path(folder)
+    def __init__(self, folder: str | os.PathLike, device: torch.device | str | None = None):
+        self.folder, self.device = Path(folder), device
 
     def path(self, clip_id: str) -> Path:
         return clip_file(self.folder, clip_id)
@@ -101,7 +102,7 @@ class HiddenStates:
             bounds = [io[f"{i}"][0][0] for i in range(n)] + [io[f"{n - 1}"][2]]
             rows = []
             for row, cid in enumerate(ids):
-                tensors = {f"h{k}": b[row].to(torch.float16) for k, b in enumerate(bounds)}
+                tensors = {f"h{k}": b[row].to(torch.float16).cpu() for k, b in enumerate(bounds)}
                 if not all(torch.isfinite(t).all() for t in tensors.values()):
                     raise ValueError(f"{cid}: hidden states overflow fp16")
                 rows.append(tensors)
@@ -119,7 +120,7 @@ class HiddenStates:
             with safe_open(str(self.path(cid)), framework="pt") as f:
                 for slot, k in enumerate(keys):
                     out[slot].append(f.get_tensor(f"h{k}"))
-        return [torch.stack(t).float() for t in out]
+        return [torch.stack(t).to(self.device or "cpu", torch.float32) for t in out]
 
 
 @dataclass
@@ -295,7 +296,7 @@ def relative_layer_error(layer: nn.Module, states: HiddenStates, ids: Sequence[s
         x, y = states.load(chunk, src, dst)
         out = layer(x, None)
         out = out[0] if isinstance(out, tuple) else out
-        keep = speech_mask(chunk, frames, x.shape[1])
+        keep = speech_mask(chunk, frames, x.shape[1]).to(x.device)
         err += float(((out - y) ** 2).sum(-1)[keep].sum())
         ref += float(((y - x) ** 2).sum(-1)[keep].sum())
     return err / max(ref, 1e-30)
@@ -313,7 +314,7 @@ def relative_output_error(stack: LayerStack, states: HiddenStates, ids: Sequence
         chunk = ids[i:i + batch_size]
         x, y = states.load(chunk, src, dst)
         y = stack.target(y)
-        keep = speech_mask(chunk, frames, x.shape[1])
+        keep = speech_mask(chunk, frames, x.shape[1]).to(x.device)
         err += float(((stack(x, None) - y) ** 2).sum(-1)[keep].sum())
         ref += float((y ** 2).sum(-1)[keep].sum())
     return err / max(ref, 1e-30)

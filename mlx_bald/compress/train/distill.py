@@ -22,11 +22,11 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from .clip_store import Inputs, clip_file, write_missing
-from .embedding import FactoredEmbedding, embedding_distill_loss
-from .hardware import Shard, rank, shard_batch, world_size
-from .logit_losses import ce_and_kl
-from .trainer import TrainConfig, seed_everything, train
+from mlx_bald.compress.train.clip_store import Inputs, clip_file, write_missing
+from mlx_bald.compress.ops.embedding import FactoredEmbedding, embedding_distill_loss
+from mlx_bald.compress.train.hardware import Shard, rank, shard_batch, world_size
+from mlx_bald.compress.train.logit_losses import ce_and_kl
+from mlx_bald.compress.train.trainer import TrainConfig, seed_everything, train
 
 # ---- encoder-output cache ----------------------------------------------------------------
 @torch.no_grad()
@@ -116,7 +116,7 @@ def decoder_forward(model: nn.Module, batch: dict[str, torch.Tensor], output_hid
         kw["decoder_inputs_embeds"] = _lookup_with_row_grad(emb, ids)
         del kw["decoder_input_ids"]
     if "cross_kv" in batch:
-        from .targets import cross_attention_cache
+        from mlx_bald.compress.train.targets import cross_attention_cache
 
         # the layers take K/V from the cache; the encoder states only need to be present
         kw["encoder_outputs"] = (torch.zeros(ids.shape[0], 1, model.config.d_model, dtype=dtype, device=device),)

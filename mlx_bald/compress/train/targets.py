@@ -26,8 +26,8 @@ from torch.nn import functional as F
 
 from mlx_bald.errors import MlxBaldError
 
-from .clip_store import check_room, clip_file, write_missing
-from .data import Row
+from mlx_bald.compress.train.clip_store import check_room, clip_file, write_missing
+from mlx_bald.compress.train.data import Row
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
     """A short hash of ``tensors`` (a sample of each), naming the weights a cache was made with."""
@@ -147,7 +147,7 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
     of base at the 64-token cap), the token ``ids`` they were made for, and ``hidden`` [len(hidden_layers), T, d] (fp16): the output of each listed decoder
     layer (transformers' decoder_hidden_states[layer + 1]). ``make_batch(rows)`` collates rows
     into the teacher's inputs (a batch as distill takes it)."""
-    from .distill import decoder_forward
+    from mlx_bald.compress.train.distill import decoder_forward
 
     teacher.eval()
     _mark(folder, {"teacher": fingerprint(list(teacher.parameters())), "hidden_layers": list(hidden_layers),
@@ -213,7 +213,7 @@ class Precomputed:
     def kv_folders(self) -> dict[str, Path]:
         """{clip id: its cross-K/V folder}, one folder beside each encoder-cache folder."""
         if self._kv is None:
-            from .distill import load_cached_encoder_output
+            from mlx_bald.compress.train.distill import load_cached_encoder_output
 
             by_folder: dict[Path, list[str]] = {}
             for cid, enc in self.cache_of.items():
@@ -235,7 +235,7 @@ class Precomputed:
                hidden_layers: Sequence[int] = ()) -> tuple[list, bool]:
         """(batch extras, whether batches still need encoder states) for training ``student``;
         with a ``teacher``, its targets for ``rows`` are cached under work/teacher-targets/NAME."""
-        from .data import collate_fn
+        from mlx_bald.compress.train.data import collate_fn
 
         extras, live = [], False
         kv = self.cross_kv(student)

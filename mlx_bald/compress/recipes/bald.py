@@ -15,25 +15,23 @@ Every stage checkpoints under ``out/work`` and is skipped when already done (res
 from __future__ import annotations
 
 import copy
-import json
-import resource
 import sys
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from itertools import islice
 from pathlib import Path
 
 import torch
 
-from mlx_bald.compress.data import (batches_from_cache, ensure_encoder_cache, set_subset,
+from mlx_bald.compress.train.data import (batches_from_cache, ensure_encoder_cache, set_subset,
                                     subset, token_rows)
-from mlx_bald.compress.distill import DistillConfig, load_cached_encoder_output, train_decoder
-from mlx_bald.compress.embedding import collect_embedding_stats, factorize_embedding
-from mlx_bald.compress.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
-from mlx_bald.compress.hardware import barrier, check_precision, init_from_env, is_main, main_first, resolve_device
-from mlx_bald.compress.merge import adjacent_pairs
-from mlx_bald.compress.model import apply_spec, count_parameters, record_spec, save_compressed
-from mlx_bald.compress.targets import Precomputed
+from mlx_bald.compress.train.distill import DistillConfig, load_cached_encoder_output, train_decoder
+from mlx_bald.compress.ops.embedding import collect_embedding_stats, factorize_embedding
+from mlx_bald.compress.train.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
+from mlx_bald.compress.train.hardware import barrier, check_precision, init_from_env, is_main, main_first, resolve_device
+from mlx_bald.compress.ops.merge import adjacent_pairs
+from mlx_bald.compress.recipes.skeleton import RecipeRun
+from mlx_bald.compress.ops.model import apply_spec, count_parameters, record_spec, save_compressed
+from mlx_bald.compress.train.targets import Precomputed
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.spec import CompressionSpec, MergeGroup
 
@@ -67,7 +65,7 @@ class BaldOptions:
     hidden_weight: float | None = None  # None: 1.0 for the general student, 0 for the specialised
     dev_clips: int | None = None  # None: the whole dev split (a 48-clip dev split misjudged a teacher)
     # compute the constant inputs of training once (cross-attention K/V, the teacher's targets;
-    # compress/targets.py) instead of at every step; off = the live path, for comparison
+    # compress/train/targets.py) instead of at every step; off = the live path, for comparison
     precompute: bool = True
     # labelled data of your own (load_set specs: a manifest, an audiofolder, hf:NAME:SPLIT, a
     # built-in set); None: the fillets-<lang> split. Columns/language as in mlx_bald.data.load_set.
@@ -100,29 +98,20 @@ def _log(msg: str) -> None:
     print(f"[bald] {msg}", file=sys.stderr, flush=True)
 
 
-def _peak_rss_gib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-
-
-class _Run:
-    """Shared state: data, caches, the report written after every stage."""
+class _Run(RecipeRun):
+    """Shared state: data, caches, the report written after every stage (skeleton.RecipeRun)."""
 
     def __init__(self, o: BaldOptions):
         from mlx_bald.torch_ref import load_torch_model
 
-        self.o, self.work = o, Path(o.out) / "work"
-        self.device = resolve_device(o.device)
+        self.o, self.device = o, resolve_device(o.device)
         check_precision(o.precision)
         init_from_env(self.device)  # under torchrun: join the ranks (a no-op otherwise)
-        if is_main():
-            self.work.mkdir(parents=True, exist_ok=True)
-        self.report_path = Path(o.out) / "report.json"
-        self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
-        self.t0 = time.time()
+        super().__init__(o.out, o)
         self.base = copy.deepcopy(load_torch_model(o.model)).to(self.device).eval()
         if o.groups is None:
             o.groups = default_groups(self.base.config.decoder_layers)
-        self.report["options"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+            self.set_options(o)
         sets = {s: o.set_spec(s) for s in ("train", "dev")}
         self.train = subset(self.load(sets["train"]), o.max_train_clips, o.seed)
         self.dev = self.load(sets["dev"])[: o.dev_clips]
@@ -147,17 +136,6 @@ class _Run:
 
         o = self.o
         return load_set(spec, audio_column=o.audio_column, text_column=o.text_column, language=o.data_language)
-
-    def save_report(self, **updates) -> None:
-        """Update the report; rank 0 writes it."""
-        self.report.update(updates)
-        self.report["wall_seconds"] = round(time.time() - self.t0 + self.report.get("_prior_wall", 0), 1)
-        self.report["peak_rss_gib"] = round(max(_peak_rss_gib(), self.report.get("peak_rss_gib", 0)), 2)
-        if not is_main():
-            return
-        tmp = self.report_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.report, indent=2))
-        tmp.replace(self.report_path)
 
     def batches(self, texts=None, seed_offset=0, student=None, teacher=None, cfg: DistillConfig | None = None):
         """Training batches; for a ``student`` trained with ``cfg`` (and ``precompute``) they carry
@@ -334,7 +312,7 @@ def run_bald(o: BaldOptions) -> Path:
         barrier()
         run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
                                 "alphas": alphas})
-    from mlx_bald.compress.model import load_compressed
+    from mlx_bald.compress.ops.model import load_compressed
 
     if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps"):
         # embedding only: the student starts as the teacher
@@ -387,7 +365,7 @@ def _must_train(folder: Path, ckpt_dir: Path, steps: int, flag: str, can_continu
 def _final_table(run: _Run, teacher, final: Path) -> None:
     """WER of every stage on the language's test split and on LibriVox (English), decoded
     greedily on cached encoder states (all stages share base's encoder), plus parameters."""
-    from mlx_bald.compress.model import load_compressed
+    from mlx_bald.compress.ops.model import load_compressed
 
     o = run.o
     sets = {"test": o.set_spec("test"), "librivox": "librivox"}

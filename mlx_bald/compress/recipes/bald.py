@@ -201,25 +201,25 @@ def _teacher(run: _Run):
     _log(f"teacher fine-tune: up to {o.teacher_steps} steps on {len(run.train)} clips, checked on "
          f"{len(run.dev)} dev clips")
     teacher, best_dir = copy.deepcopy(run.base), run.work / "teacher-best"
-    history = run.report.get("teacher_history", [])
-    best = min(history, key=lambda h: h["dev_ce"]) if history else {"step": 0, "dev_ce": run.dev_ce(run.base)}
+    # every dev check, base itself first (step 0): the best is always one of them, also on a resume
+    history = run.report.get("teacher_history") or [{"step": 0, "dev_ce": run.dev_ce(run.base)}]
+    best = lambda: min(history, key=lambda h: h["dev_ce"])  # noqa: E731  (the first of equals: base wins ties)
     every = max(1, o.teacher_steps // TEACHER_EVALS)
     for target in sorted({*range(every, o.teacher_steps, every), o.teacher_steps}):
         if any(h["step"] == target for h in history):
             continue  # checked before an interruption
-        if sum(h["step"] > best["step"] for h in history) >= TEACHER_PATIENCE:
+        if sum(h["step"] > best()["step"] for h in history) >= TEACHER_PATIENCE:
             _log(f"teacher: no better dev CE for {TEACHER_PATIENCE} checks: stopped at step {history[-1]['step']}")
             break
         cfg = run.cfg(target, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
         train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
         history.append({"step": target, "dev_ce": run.dev_ce(teacher)})
-        if history[-1]["dev_ce"] < best["dev_ce"]:
-            best = history[-1]
+        if best() is history[-1]:
             if is_main():
                 teacher.save_pretrained(best_dir)
             barrier()
         run.save_report(teacher_history=history)
-    return _guard_teacher(run, best, best_dir)
+    return _guard_teacher(run, best(), best_dir)
 
 
 def _guard_teacher(run: _Run, best: dict, best_dir: Path):

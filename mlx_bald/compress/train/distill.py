@@ -26,7 +26,7 @@ from mlx_bald.compress.train.clip_store import Inputs, clip_file, write_missing
 from mlx_bald.compress.ops.embedding import FactoredEmbedding, embedding_distill_loss
 from mlx_bald.compress.train.hardware import Shard, rank, shard_batch, world_size
 from mlx_bald.compress.train.logit_losses import ce_and_kl
-from mlx_bald.compress.train.trainer import TrainConfig, seed_everything, train
+from mlx_bald.compress.train.trainer import TrainConfig, seed_everything, shares, train
 
 # ---- encoder-output cache ----------------------------------------------------------------
 @torch.no_grad()
@@ -331,11 +331,11 @@ def train_decoder(student: nn.Module, teacher: nn.Module | None, make_batches: C
 
 
 def _token_share(batch: dict, shard: Shard) -> float:
-    """This rank's loss weight: its label tokens' share of the global batch's, times the ranks
-    (the averaged gradients are then the global batch's per-token mean)."""
+    """This rank's loss weight: its label tokens' share of the global batch's (the averaged
+    gradients are then the global batch's per-token mean)."""
     if shard.world == 1:
         return 1.0
-    return float((batch["labels"] != -100).sum()) * shard.world / float(batch["global_label_tokens"])
+    return shares(int((batch["labels"] != -100).sum()), int(batch["global_label_tokens"]), shard.world)
 
 
 def _dense_embedding(model: nn.Module) -> torch.Tensor | None:

@@ -20,13 +20,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
 from mlx_bald.errors import MlxBaldError
 
-from mlx_bald.compress.train.clip_store import check_room, clip_file, write_missing
+from mlx_bald.compress.train.clip_store import clip_file, write_missing
 from mlx_bald.compress.train.data import Row
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
@@ -64,10 +65,7 @@ def cache_cross_kv(model: nn.Module, clip_ids: Sequence[str], encoder_state: Cal
     attn = _cross(model)
     heads, dim = attn[0].num_heads, attn[0].head_dim
     _mark(folder, {"weights": fingerprint(cross_kv_weights(model))})
-    missing = [c for c in clip_ids if not clip_file(folder, c).is_file()]
     frames = model.config.max_source_positions
-    if missing:
-        check_room(folder, len(missing), 2 * len(attn) * frames * heads * dim * 2, "cross-attention K/V cache")
     dtype = next(model.parameters()).dtype
 
     def compute(ids: list[str], states: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -77,8 +75,8 @@ def cache_cross_kv(model: nn.Module, clip_ids: Sequence[str], encoder_state: Cal
         v = torch.stack([a.v_proj(states).view(b, s, heads, dim).transpose(1, 2) for a in attn], 1)
         return [{"k": k[i].half(), "v": v[i].half()} for i in range(b)]
 
-    write_missing(folder, ((c, lambda c=c: encoder_state(c)) for c in missing), compute, batch_size,
-                  "cross-attention K/V cache", progress)
+    write_missing(folder, ((c, lambda c=c: encoder_state(c)) for c in clip_ids), compute, batch_size,
+                  "cross-attention K/V cache", progress, bytes_per_clip=2 * len(attn) * frames * heads * dim * 2)
     return folder
 
 
@@ -116,10 +114,9 @@ def cross_kv_batch(folder: Path | Mapping[str, Path], mix: torch.Tensor
     terms = [[(s, w) for s, w in enumerate(row.tolist()) if w != 0.0] for row in mix]
 
     def extra(rows: list[Row], width: int) -> dict[str, torch.Tensor]:
-        t0 = load_file(str(clip_file(where(rows[0][0]), rows[0][0])))["k"]
-        out = torch.empty((2, len(terms), len(rows), *t0.shape[1:]), dtype=torch.float32)
-        for b, (cid, _, _) in enumerate(rows):
-            t = load_file(str(clip_file(where(cid), cid)))
+        files = [load_file(str(clip_file(where(cid), cid))) for cid, _, _ in rows]
+        out = torch.empty((2, len(terms), len(rows), *files[0]["k"].shape[1:]), dtype=torch.float32)
+        for b, t in enumerate(files):
             for i, name in enumerate(("k", "v")):
                 for layer, parts in enumerate(terms):  # a merged layer: the weighted sum of its sources
                     dst = out[i, layer, b]
@@ -169,16 +166,18 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
 
     def stale(cid: str, seq: list[int]) -> bool:  # absent, or made for other tokens (e.g. new labels)
         f = clip_file(folder, cid)
-        return not f.is_file() or load_file(str(f))["ids"].tolist() != list(seq)
+        if not f.is_file():
+            return True
+        with safe_open(str(f), framework="pt") as st:  # the ids only, not the 4.8 MB of logits
+            return st.get_tensor("ids").tolist() != list(seq)
 
     missing = [cid for cid, seq, _ in rows if stale(cid, seq)]
     for cid in missing:
         clip_file(folder, cid).unlink(missing_ok=True)
-    if missing:
-        d, vocab = teacher.config.d_model, teacher.config.vocab_size
-        mean_t = sum(len(by_id[c][1]) - 1 for c in missing) / len(missing)
-        check_room(folder, len(missing), int(mean_t * (vocab * 4 + len(hidden_layers) * d * 2)), "teacher targets")
-    write_missing(folder, ((c, torch.zeros(())) for c in missing), compute, batch_size, "teacher targets", progress)
+    d, vocab = teacher.config.d_model, teacher.config.vocab_size
+    mean_t = sum(len(by_id[c][1]) - 1 for c in missing) / max(len(missing), 1)
+    write_missing(folder, ((c, torch.zeros(())) for c in missing), compute, batch_size, "teacher targets", progress,
+                  bytes_per_clip=int(mean_t * (vocab * 4 + len(hidden_layers) * d * 2)))
     return folder
 
 

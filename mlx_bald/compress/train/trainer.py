@@ -22,7 +22,6 @@ import torch
 from torch import nn
 
 from mlx_bald.errors import MlxBaldError
-
 from mlx_bald.compress.train.hardware import all_reduce_grads, autocast, barrier, broadcast_params, grad_scaler, is_main
 
 
@@ -70,14 +69,13 @@ class _Log:
 def train(modules: Mapping[str, nn.Module], param_groups: list[dict], loss_fn: Callable[[Any], dict[str, torch.Tensor]],
           stream: Callable[[int], Iterator[Any]], total: int, cfg: TrainConfig, ckpt: str | os.PathLike | None = None,
           desc: str = "train", progress: bool = True, weight: Callable[[Any], float] | None = None,
-          meta: Mapping[str, object] | None = None, on_step: Callable[[int, dict[str, float]], None] | None = None,
-          state: dict | None = None) -> dict[str, float]:
+          meta: Mapping[str, object] | None = None, state: dict | None = None) -> dict[str, float]:
     """Take ``total`` optimiser steps (of ``cfg.accumulate`` micro-batches each) on the
     parameters of ``param_groups`` (AdamW, fused). ``stream(skip)`` yields this rank's
     micro-batches in order, starting after ``skip`` of them (a resumed run gets the same data
     as an uninterrupted one); ``loss_fn(batch)`` returns {"loss", ...logged scalars};
     ``weight(batch)`` scales a rank's loss (its share of the global batch; 1 in one process).
-    ``modules`` (and ``state``, a dict of picklable extras the caller updates in ``on_step``)
+    ``modules`` (and ``state``, a dict of picklable extras the caller updates, e.g. in ``loss_fn``)
     are saved in the checkpoint and restored from it; a checkpoint saved with another ``meta``
     is refused. Returns the mean logged values of the last 50 steps."""
     from tqdm.auto import tqdm
@@ -150,8 +148,6 @@ def train(modules: Mapping[str, nn.Module], param_groups: list[dict], loss_fn: C
             opt.step()
         sched.step()
         step += 1
-        if on_step is not None:
-            on_step(step, logged)
         recent = (recent + [logged])[-50:]
         log.scalars(logged | {"lr": sched.get_last_lr()[0]}, step)
         bar.update(1)

@@ -211,6 +211,21 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
     assert scored == [] and len(report["table"]) == 4
 
 
+def test_targets_say_which_promise_a_language_missed():
+    """Issue #20's two targets on test: teacher <= base, student <= 1.10x teacher."""
+    from mlx_bald.compress.recipes.bald import _targets
+    rows = [{"model": "whisper-base", "wer_test": 54.52}, {"model": "teacher", "wer_test": 61.13},
+            {"model": "merged", "wer_test": 71.9}, {"model": "merged+lowrank-embedding", "wer_test": 77.39}]
+    t = _targets(rows, "whisper-base")
+    assert not t["teacher_vs_base"]["met"] and not t["student_vs_teacher"]["met"]
+    assert t["student_vs_teacher"]["ratio"] == 1.266 and "NOT met" in t["student_vs_teacher"]["says"]
+    rows[1]["wer_test"], rows[3]["wer_test"] = 50.0, 55.0  # 1.10x exactly is met
+    t = _targets(rows, "whisper-base")
+    assert t["teacher_vs_base"]["met"] and t["student_vs_teacher"]["met"]
+    t = _targets([rows[0], rows[3]], "whisper-base")  # refused teacher: base taught
+    assert t["teacher_vs_base"]["ratio"] == 1.0 and t["student_vs_teacher"]["ratio"] == round(55 / 54.52, 3)
+
+
 def test_merge_spec_keeps_ungrouped_layers_and_allows_no_merge(tmp_path):
     """--groups 4-5 merges one pair and keeps layers 0-3 (groups of one); 'none' merges nothing."""
     from mlx_bald.cli.compress import _groups

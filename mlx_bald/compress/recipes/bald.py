@@ -399,7 +399,31 @@ def _final_table(run: _Run, teacher, final: Path) -> None:
     verdict = (f"WORSE than stock {o.model} on {sets['test']}: {final_wer} vs {base_wer} WER"
                if final_wer > base_wer else f"not worse than stock {o.model} on {sets['test']}: {final_wer} vs {base_wer} WER")
     _log(f"student: {verdict}" + (" -- do not ship it; --name registers it as NAME-unvetted" if final_wer > base_wer else ""))
+    targets = _targets(rows, o.model)
+    for line in targets.values():
+        _log(f"target: {line['says']}")
     run.save_report(table=rows, table_sets={k: f"{v} ({len(clips[k])} clips)" for k, v in sets.items()},
                     table_decoding="greedy on cached base encoder states (torch), whisper-basic "
                                    "normaliser for non-English, whisper-english for LibriVox",
-                    verdict=verdict)
+                    verdict=verdict, targets=targets)
+
+
+STUDENT_OVER_TEACHER = 1.10  # the specialised student's test WER may be at most this times its teacher's
+
+
+def _targets(rows: list[dict], model: str) -> dict[str, dict]:
+    """The specialised recipe's two promises on the test split, each met or not, in words:
+    the teacher is not worse than base, and the student is within STUDENT_OVER_TEACHER of it."""
+    by = {r["model"]: r["wer_test"] for r in rows}
+    base, final = by[model], rows[-1]["wer_test"]
+    teacher = by.get("teacher", base)  # no teacher row: base taught (refused fine-tune, or --general)
+    out = {"teacher_vs_base": {"met": teacher <= base, "ratio": round(teacher / max(base, 1e-9), 3)},
+           "student_vs_teacher": {"met": final <= STUDENT_OVER_TEACHER * teacher,
+                                  "ratio": round(final / max(teacher, 1e-9), 3)}}
+    out["teacher_vs_base"]["says"] = (f"teacher test WER {teacher} vs base {base} ({out['teacher_vs_base']['ratio']}x): "
+                                      + ("met" if out["teacher_vs_base"]["met"] else "NOT met") + " (<= 1.00x)")
+    out["student_vs_teacher"]["says"] = (f"student test WER {final} vs teacher {teacher} "
+                                         f"({out['student_vs_teacher']['ratio']}x): "
+                                         + ("met" if out["student_vs_teacher"]["met"] else "NOT met")
+                                         + f" (<= {STUDENT_OVER_TEACHER:.2f}x)")
+    return out

@@ -1,10 +1,17 @@
 """multipart/form-data bodies (already read, size-bounded) -> fields and files, via python-multipart."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
+
+
+# python-multipart also logs every malformed body it rejects ("Expected boundary character 45 ...");
+# the client gets a 400 naming the problem and the request log has the line, so keep stderr quiet.
+logging.getLogger("python_multipart").addHandler(logging.NullHandler())
+logging.getLogger("python_multipart").propagate = False
 
 
 class FormError(ValueError):

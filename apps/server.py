@@ -127,6 +127,11 @@ class Handler(BaseHTTPRequestHandler):
         if not self.server.config.quiet:
             super().log_message(format, *args)
 
+    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
+        # An idle keep-alive connection closing after `timeout` is normal, not an error.
+        if not format.startswith("Request timed out"):
+            super().log_error(format, *args)
+
     def _send(self, status: int, body: bytes, content_type: str,
               headers: dict[str, str] | None = None) -> None:
         self.send_response(status)

@@ -70,9 +70,11 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         raise MlxBaldError(f"{set_spec!r} is unlabelled audio, for training only: it has no references for a WER")
     if decode not in DECODES:
         raise MlxBaldError(f"unknown decode {decode!r} (one of {', '.join(DECODES)})")
+    if limit is not None and limit < 1:
+        raise MlxBaldError(f"limit must be at least 1 clip, not {limit}")
     fallback = decode == "fallback"
     clips = load_set(set_spec, audio_column=audio_column, text_column=text_column, language=language)
-    clips = clips[: limit or None]
+    clips = clips[:limit]
     if not clips:
         raise MlxBaldError(f"set {set_spec!r} has no clips")
     languages = sorted({c.language for c in clips})

@@ -71,6 +71,25 @@ def apt_fetch(package: str) -> Path:
     return final
 
 
+def check_debian_language(what: str, prefix: str, lang: str, suffix: str = "") -> None:
+    """Refuse a language for which Debian has no ``{prefix}{lang}{suffix}`` package, naming the
+    languages it has (apt's package lists; without apt, apt_fetch's own message applies)."""
+    if list((downloads_dir() / "debian").glob(f"{prefix}{lang}{suffix}_*.deb")) or shutil.which("apt-cache") is None:
+        return
+
+    def languages() -> list[str]:
+        names = subprocess.run(["apt-cache", "pkgnames", prefix], capture_output=True, text=True).stdout.split()
+        codes = {n[len(prefix): len(n) - len(suffix)] for n in names if n.endswith(suffix)}
+        return sorted(c for c in codes if c.isalpha() and 2 <= len(c) <= 3)
+
+    found = languages()
+    if not found:  # no package lists yet (a fresh machine): read them once
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True)
+        found = languages()
+    if found and lang not in found:
+        raise FetchError(f"unknown language {lang!r} for {what}: Debian has it in {', '.join(found)}")
+
+
 def extract_wheel(archive: Path, out: Path, members_prefix: str = "") -> None:
     with zipfile.ZipFile(archive) as z:
         for m in z.namelist():

@@ -86,3 +86,29 @@ def test_fillets_skips_audio_files_without_samples(tmp_path):
     sf.write(str(empty), np.zeros(0, dtype=np.float32), 16000, format="OGG")
     (tmp_path / "junk.ogg").write_bytes(b"not audio")
     assert _has_samples(good) and not _has_samples(empty) and not _has_samples(tmp_path / "junk.ogg")
+
+
+def test_eval_limit_must_be_at_least_one(capsys):
+    """Issue #18: `eval --limit 0` evaluated every clip."""
+    from mlx_bald.cli.main import main
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.evaluate import evaluate
+
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--limit", "0"])
+    assert e.value.code == 2 and "expected a whole number of clips >= 1, got '0'" in capsys.readouterr().err
+    with pytest.raises(MlxBaldError, match="at least 1 clip"):
+        evaluate("whisper-base", "librivox", limit=0)
+
+
+@pytest.mark.skipif(__import__("shutil").which("apt-cache") is None, reason="needs apt's package lists")
+@pytest.mark.parametrize("spec, has", [("fillets-xx:test", "cs, nl"), ("asterisk-de:test", "en, es, fr")])
+def test_unknown_debian_language_is_named_with_those_that_exist(isolated_cache, capsys, spec, has):
+    """Issue #18: `eval --set fillets-xx:test` ended in a raw apt-get error."""
+    from mlx_bald.cli.main import main
+
+    assert main(["eval", "--set", spec]) == 2
+    err = capsys.readouterr().err
+    lang = spec.split("-")[1].split(":")[0]
+    assert f"unknown language '{lang}'" in err and has in err and "apt-get" not in err
+    assert not any(isolated_cache.rglob("*.deb"))  # nothing fetched

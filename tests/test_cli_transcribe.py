@@ -5,6 +5,7 @@ milliseconds; the two slow ones run the real whisper-tiny.en on real LibriVox sp
 from __future__ import annotations
 
 import io
+import os
 import json
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def fake(monkeypatch):
 
     t = FakeTranscriber()
     monkeypatch.setattr(mlx_bald.transcribe, "transcribe", t)
+    monkeypatch.setattr(mlx_bald.transcribe, "get_model", lambda *a, **k: None)
     monkeypatch.setattr(mlx_bald.hub, "resolve_model", lambda name, fmt="mlx": Path(f"/models/{name}"))
     return t
 
@@ -175,6 +177,62 @@ def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, argv, message):
     assert main(["transcribe", *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def _unwritable_dirs(tmp_path) -> list[Path]:
+    (tmp_path / "a-file").write_text("x")
+    dirs = [tmp_path / "a-file" / "sub"]  # mkdir fails: a file is in the way
+    if os.geteuid() != 0:  # root writes anywhere the permission bits forbid
+        ro = tmp_path / "read-only"
+        ro.mkdir(mode=0o500)
+        dirs.append(ro)
+    if Path("/sys").is_dir() and not os.access("/sys", os.W_OK):
+        dirs.append(Path("/sys"))  # an existing folder nobody may write, root included
+    return dirs
+
+
+def test_unwritable_output_dir_fails_before_any_decoding(fake, tmp_path, capsys):
+    """Issue #18: -o DIR that cannot be written used to transcribe everything first, then die
+    with a traceback."""
+    for out in _unwritable_dirs(tmp_path):
+        assert main(["transcribe", str(wav(tmp_path / "a.wav")), "-f", "srt", "-o", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot write to --output-dir {out}" in err and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1
+    assert fake.calls == []
+
+
+def test_output_dir_naming_a_file_is_one_line_error(fake, tmp_path, capsys):
+    (tmp_path / "out.txt").write_text("keep me")
+    assert main(["transcribe", str(wav(tmp_path / "a.wav")), "-o", str(tmp_path / "out.txt")]) == 2
+    err = capsys.readouterr().err
+    assert "is a file, not a folder" in err and "Traceback" not in err and fake.calls == []
+    assert (tmp_path / "out.txt").read_text() == "keep me"
+
+
+def _tiny_mlx_folder(tmp_path) -> Path:
+    from mlx_helpers import random_model, tiny_dims
+    from mlx_bald.load import save_model_folder
+    from mlx_bald.spec import CompressionSpec
+
+    dims = tiny_dims(n_audio_layer=1, n_text_layer=1)
+    return save_model_folder(random_model(dims), dims, CompressionSpec(), tmp_path / "model")
+
+
+@pytest.mark.parametrize("damage", ["truncated-weights", "broken-config"])
+def test_a_broken_model_fails_once_not_per_file(tmp_path, capsys, damage):
+    """Issue #18: truncated weights were retried for every input (exit 1), a broken config
+    failed once (exit 2); both now fail once, before any file, with exit 2."""
+    folder = _tiny_mlx_folder(tmp_path)
+    if damage == "truncated-weights":
+        weights = folder / "weights.safetensors"
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        (folder / "config.json").write_text("{ not json")
+    files = [str(wav(tmp_path / f"{n}.wav")) for n in "abc"]
+    assert main(["transcribe", *files, "--model", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("mlx-bald: error:") == 1 and "Traceback" not in err
 
 
 def test_subtitle_checker_rejects_broken_files():

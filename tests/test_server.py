@@ -138,6 +138,47 @@ def test_serve_cli_refuses_unknown_model_and_bad_ids(capsys):
     assert "unknown model 'no-such-model-xyz'" in err and "model id 'a' given twice" in err
 
 
+@pytest.mark.parametrize("preload", [True, False])
+def test_serve_refuses_a_model_that_cannot_load(tmp_path, capsys, preload):
+    """Issue #18: `serve --model BROKEN` printed "serving on ..." and answered 500 to every request."""
+    from mlx_bald.cli.main import main
+    from test_cli_transcribe import _tiny_mlx_folder
+
+    folder = _tiny_mlx_folder(tmp_path)
+    weights = folder / "weights.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    argv = ["serve", "--model", f"b={folder}", "--port", "0"] + ([] if preload else ["--no-preload"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "weights.safetensors" in err and "serving on" not in err and "Traceback" not in err
+
+
+def test_no_log_noise_from_malformed_bodies_or_idle_keep_alive(capfd, monkeypatch):
+    """Issue #18: python-multipart's "Expected boundary character 45" warning and "Request timed
+    out" after a normal keep-alive request were printed to the server's stderr."""
+    from apps.server import Handler
+
+    monkeypatch.setattr(Handler, "timeout", 0.5)
+    srv = make_server({"tiny": "T"}, port=0, transcriber=Fake(), quiet=False)
+    start_in_thread(srv)
+    try:
+        body = b"not a multipart body at all"
+        status, _, _ = request(srv, "POST", "/v1/audio/transcriptions", body,
+                               {"Content-Type": "multipart/form-data; boundary=abc"})
+        assert status == 400
+        conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
+        conn.request("GET", "/health")  # keep-alive: the client then goes quiet
+        assert conn.getresponse().read()
+        time.sleep(1.5)  # the server drops the idle connection after Handler.timeout
+        conn.close()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    err = capfd.readouterr().err
+    assert '"POST /v1/audio/transcriptions HTTP/1.1" 400' in err  # the request log still works
+    assert "Expected boundary" not in err and "timed out" not in err
+
+
 @pytest.mark.parametrize("fmt", ["json", "text", "srt", "vtt", "verbose_json"])
 def test_response_formats(fake_server, fmt):
     srv, _ = fake_server

@@ -8,6 +8,16 @@ import sys
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 
 
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of clips >= 1, got {text!r}")
+    return n
+
+
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "eval", help="WER of a model on a real speech set (built in, or your own labelled data)",
@@ -25,7 +35,7 @@ def register(sub) -> argparse.ArgumentParser:
                         "transcribe` decodes by default: a looping or unlikely hypothesis is re-decoded at "
                         "temperatures 0.2..1.0, seeded; mlx-whisper's thresholds for mlx, transformers' "
                         "for torch)")
-    p.add_argument("--limit", type=int, default=None, help="first N clips only")
+    p.add_argument("--limit", type=_positive, default=None, help="first N clips only (N >= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--show", action="store_true", help="also print each clip's reference and hypothesis")
     return p

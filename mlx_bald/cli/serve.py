@@ -47,6 +47,10 @@ def run(args) -> int:
         raise MlxBaldError(str(e)) from None
     # Resolve every model now: requests can then only name these ids, never a path.
     models = {mid: str(resolve_model(ref)) for mid, ref in specs.items()}
+    from mlx_bald.load import validate_folder
+
+    for folder in models.values():  # a broken folder stops start-up (also with --no-preload)
+        validate_folder(folder)
     if args.host not in LOOPBACK_HOSTS:
         print(f"mlx-bald: warning: binding {args.host}: the server has no authentication and "
               f"is reachable from other machines", file=sys.stderr)
@@ -58,17 +62,11 @@ def run(args) -> int:
     except OSError as e:
         raise MlxBaldError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
-    if not args.no_preload:
-        from mlx_bald.transcribe import get_model
-
-        def report(fut, mid: str) -> None:
-            if fut.exception() is not None:
-                print(f"mlx-bald: error: loading {mid!r} failed: {fut.exception()}",
-                      file=sys.stderr)
-
-        for mid, folder in models.items():  # on the inference thread, before any request
-            fut = server.worker.call(lambda folder=folder: get_model(folder))
-            fut.add_done_callback(lambda f, mid=mid: report(f, mid))
+    try:
+        _check_models(server, models, preload=not args.no_preload)
+    except MlxBaldError:
+        server.server_close()
+        raise
     for mid, folder in models.items():
         print(f"mlx-bald: model {mid!r}: {folder}", file=sys.stderr)
     print(f"mlx-bald: serving on {server.url} (demo page: {server.url}/, "
@@ -84,3 +82,20 @@ def run(args) -> int:
     finally:
         server.server_close()
     return 0
+
+
+def _check_models(server, models: dict[str, str], preload: bool) -> None:
+    """Load every model on the inference thread before serving (unless not preloading); a model
+    that cannot load stops start-up with its error instead of failing every request."""
+    if not preload:
+        return
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.transcribe import get_model
+
+    for mid, folder in models.items():
+        try:
+            server.worker.call(lambda folder=folder: get_model(folder)).result()
+        except MlxBaldError as e:
+            raise MlxBaldError(f"model {mid!r} cannot be served: {e}") from None
+        except Exception as e:  # MLX or the file system: say which model, no traceback
+            raise MlxBaldError(f"model {mid!r} failed to load ({type(e).__name__}: {e})") from None

@@ -128,6 +128,23 @@ def _inputs(args) -> list[str]:
     return files
 
 
+def writable_dir(folder: Path) -> Path:
+    """``folder``, created if needed, after a real test write; else one clear error."""
+    import tempfile
+
+    from mlx_bald.errors import MlxBaldError
+
+    if folder.exists() and not folder.is_dir():
+        raise MlxBaldError(f"--output-dir {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise MlxBaldError(f"cannot write to --output-dir {folder}: {e.strerror or e}") from None
+    return folder
+
+
 def _output_name(args, path: str, used: set[str]) -> str:
     name = args.output_name or ("stdin" if path == "-" else Path(path).stem)
     base, n = name, 2
@@ -144,7 +161,7 @@ def run(args) -> int:
     from mlx_bald.audio import SAMPLE_RATE, load_audio
     from mlx_bald.errors import MlxBaldError
     from mlx_bald.hub import resolve_model
-    from mlx_bald.transcribe import transcribe
+    from mlx_bald.transcribe import get_model, transcribe
 
     files = _inputs(args)
     to_stdout = args.output_dir is None and args.output_format is None
@@ -152,11 +169,11 @@ def run(args) -> int:
         from mlx_bald.hub import default_model
         args.model = default_model()
     model = str(resolve_model(args.model))  # an unknown model stops here, before any file
+    get_model(model)  # so does a broken one: once, not once per file
     options = _options(args)
     writer = writer_kwargs = out_dir = None
     if not to_stdout:
-        out_dir = Path(args.output_dir or ".")
-        out_dir.mkdir(parents=True, exist_ok=True)
+        out_dir = writable_dir(Path(args.output_dir or "."))  # before any decoding
         writer = get_writer(args.output_format or "txt", str(out_dir))
         writer_kwargs = {k: getattr(args, k) for k in _WRITER_OPTIONS}
     # mlx_whisper: verbose=True prints segments (to stdout), False shows a frames bar, None nothing.
@@ -187,7 +204,10 @@ def run(args) -> int:
             print(result["text"].strip(), flush=True)
         else:
             name = _output_name(args, path, used)
-            writer(result, name, **writer_kwargs)
+            try:
+                writer(result, name, **writer_kwargs)
+            except OSError as e:  # e.g. the disk filled up: the files already written stay
+                raise MlxBaldError(f"cannot write {out_dir / name}: {e.strerror or e}") from None
             ext = "{txt,vtt,srt,tsv,json}" if args.output_format == "all" else \
                 (args.output_format or "txt")
             tqdm.write(f"{path} -> {out_dir / name}.{ext}", file=sys.stderr)

@@ -21,7 +21,7 @@ from pathlib import Path
 from mlx_bald.data.clips import Clip
 from mlx_bald.data.splits import check_split, split_of
 from mlx_bald.errors import MlxBaldError
-from mlx_bald.fetch import apt_fetch, extract_deb
+from mlx_bald.fetch import apt_fetch, check_debian_language, extract_deb
 from mlx_bald.fsutil import atomic_dir
 from mlx_bald.paths import data_dir
 
@@ -38,6 +38,7 @@ def asterisk_dir(lang: str) -> Path:
     out = data_dir() / f"asterisk-{lang}"
     if (out / "sounds").is_dir() and list(out.glob("core-sounds-*.txt*")):
         return out
+    check_debian_language("asterisk-<lang> (Asterisk prompts)", "asterisk-core-sounds-", lang, "-wav")
     with atomic_dir(out, overwrite=True) as tmp:
         x = tmp / "x"
         extract_deb(apt_fetch(f"asterisk-core-sounds-{lang}"), x, "usr/share/doc/")

@@ -17,7 +17,7 @@ from pathlib import Path
 from mlx_bald.data.clips import Clip
 from mlx_bald.data.splits import check_split, split_of
 from mlx_bald.errors import MlxBaldError
-from mlx_bald.fetch import apt_fetch, extract_deb
+from mlx_bald.fetch import apt_fetch, check_debian_language, extract_deb
 from mlx_bald.fsutil import atomic_dir
 from mlx_bald.paths import data_dir
 
@@ -37,6 +37,7 @@ def fillets_dir(lang: str) -> Path:
     out = data_dir() / f"fillets-{lang}"
     if (out / "script").exists() and (out / "sound").exists():
         return out
+    check_debian_language("fillets-<lang> (Fish Fillets voice packs)", "fillets-ng-data-", lang)
     with atomic_dir(out, overwrite=True) as tmp:
         extract_deb(apt_fetch("fillets-ng-data"), tmp / "x", _ROOT + "script/")
         extract_deb(apt_fetch(f"fillets-ng-data-{lang}"), tmp / "x", _ROOT + "sound/")

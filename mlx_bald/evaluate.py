@@ -2,9 +2,9 @@
 British->American spelling map, from the ``whisper-normalizer`` package) for English;
 Whisper's basic normaliser (lowercase, punctuation and symbols removed) for other languages.
 
-Decoding: ``greedy`` (temperature 0, the paper tables' setting) or ``fallback`` (how
-``mlx-bald transcribe`` decodes by default: a looping or unlikely hypothesis is re-decoded at
-rising temperatures; seeded per clip, so a run is reproducible)."""
+Decoding: ``greedy`` (temperature 0, the paper tables' setting), ``beam`` (beam search at
+temperature 0) or ``fallback`` (how ``mlx-bald transcribe`` decodes by default: a looping or
+unlikely hypothesis is re-decoded at rising temperatures; seeded per clip, so a run is reproducible)."""
 from __future__ import annotations
 
 import sys
@@ -51,14 +51,16 @@ class EvalResult:
         return asdict(self)
 
 
-DECODES = ("greedy", "fallback")
+DECODES = ("greedy", "fallback", "beam")
 
 
 def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None = None,
              progress: bool = True, language: str | None = None, decode: str = "greedy",
-             audio_column: str | None = None, text_column: str | None = None) -> EvalResult:
+             audio_column: str | None = None, text_column: str | None = None,
+             beam_size: int = 5) -> EvalResult:
     """Corpus WER of ``model`` on ``set_spec`` (any ``load_set`` spec). ``language``, ``audio_column``
-    and ``text_column`` go to ``load_set``: they describe a user's manifest or dataset."""
+    and ``text_column`` go to ``load_set``: they describe a user's manifest or dataset.
+    ``decode="beam"``: beam search of ``beam_size`` at temperature 0 (openai-whisper's semantics)."""
     from tqdm import tqdm
 
     from mlx_bald.data import load_set
@@ -72,7 +74,10 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         raise MlxBaldError(f"unknown decode {decode!r} (one of {', '.join(DECODES)})")
     if limit is not None and limit < 1:
         raise MlxBaldError(f"limit must be at least 1 clip, not {limit}")
+    if decode == "beam" and beam_size < 1:
+        raise MlxBaldError(f"beam_size must be at least 1, not {beam_size}")
     fallback = decode == "fallback"
+    beams = beam_size if decode == "beam" else None
     clips = load_set(set_spec, audio_column=audio_column, text_column=text_column, language=language)
     clips = clips[:limit]
     if not clips:
@@ -95,14 +100,14 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         def run(clip):
             # fallback: mlx-whisper's defaults (temperatures 0..1 by 0.2, compression ratio 2.4, log-prob -1)
             mx.random.seed(0)
-            options = {} if fallback else {"temperature": 0.0}
+            options = {} if fallback else {"temperature": 0.0, "beam_size": beams}
             return transcribe(clip.audio, model, language=lang if m.is_multilingual else None,
                               condition_on_previous_text=False, **options)["text"]
     elif engine == "torch":
         from mlx_bald.torch_ref import transcribe_torch
 
         def run(clip):
-            return transcribe_torch(clip.audio, model, language=lang, fallback=fallback)
+            return transcribe_torch(clip.audio, model, language=lang, fallback=fallback, num_beams=beams)
     else:
         raise ValueError(f"unknown engine {engine!r} (mlx or torch)")
     rows, t0 = [], time.perf_counter()
@@ -112,6 +117,6 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
                      "seconds": round(clip.seconds, 3)})
     wall = time.perf_counter() - t0
     wer, norm = corpus_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], lang)
-    return EvalResult(model=str(model), set=set_spec, engine=engine, decode=decode, normalizer=norm,
+    return EvalResult(model=str(model), set=set_spec, engine=engine, decode=f"beam{beam_size}" if beams else decode, normalizer=norm,
                       wer=round(wer, 2), n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),
                       wall_seconds=round(wall, 2), rows=rows)

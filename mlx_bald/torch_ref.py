@@ -42,7 +42,8 @@ def load_torch_model(name_or_path: str):
 
 
 def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: str | None = "en",
-                     max_new_tokens: int = 200, fallback: bool = False, seed: int = 0) -> str:
+                     max_new_tokens: int = 200, fallback: bool = False, seed: int = 0,
+                     num_beams: int | None = None) -> str:
     """Greedy transcript of the first 30 s; with ``fallback``, a hypothesis that repeats itself
     (compression ratio) or is unlikely (mean log-prob) is re-decoded by sampling at rising
     temperatures, as Whisper's own transcribe does (seeded, so a run is reproducible)."""
@@ -59,6 +60,8 @@ def transcribe_torch(audio: np.ndarray, model: str = "whisper-base", language: s
         torch.manual_seed(seed)
         kwargs |= {"temperature": FALLBACK_TEMPERATURES, "logprob_threshold": LOGPROB_THRESHOLD,
                    "compression_ratio_threshold": TORCH_COMPRESSION_RATIO_THRESHOLD}
+    if num_beams:  # transformers' beam search (its own length and stopping rules)
+        kwargs["num_beams"] = num_beams
     with torch.no_grad():
         out = m.generate(feats, max_new_tokens=max_new_tokens, **kwargs)
     tok = tokenizer_for(m.config.vocab_size)

@@ -96,7 +96,7 @@ def test_eval_limit_must_be_at_least_one(capsys):
 
     with pytest.raises(SystemExit) as e:
         main(["eval", "--limit", "0"])
-    assert e.value.code == 2 and "expected a whole number of clips >= 1, got '0'" in capsys.readouterr().err
+    assert e.value.code == 2 and "expected a whole number >= 1, got '0'" in capsys.readouterr().err
     with pytest.raises(MlxBaldError, match="at least 1 clip"):
         evaluate("whisper-base", "librivox", limit=0)
 

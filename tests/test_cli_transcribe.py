@@ -146,7 +146,10 @@ def test_options_reach_mlx_whisper(fake, tmp_path):
           "--initial-prompt", "Dashwood.", "--temperature", "0.2",
           "--temperature-increment-on-fallback", "0.4", "--condition-on-previous-text", "False"])
     main(["transcribe", src, "--language", "cs", "--temperature-increment-on-fallback", "None"])
-    first, second = fake.calls
+    main(["transcribe", src, "--beam-size", "5", "--patience", "2", "--length-penalty", "0.6"])
+    first, second, third = fake.calls
+    assert first["beam_size"] is None and second["patience"] is None
+    assert (third["beam_size"], third["patience"], third["length_penalty"]) == (5, 2.0, 0.6)
     assert first["language"] == "en" and first["task"] == "translate"
     assert first["initial_prompt"] == "Dashwood."
     assert first["temperature"] == (0.2, 0.6, 1.0)
@@ -172,6 +175,8 @@ def test_stdin_and_same_stem_outputs(fake, tmp_path, monkeypatch):
     (["a.wav", "b.wav", "--output-name", "x"], "--output-name needs exactly one input"),
     (["a.wav", "--highlight-words"], "--highlight-words requires --word-timestamps"),
     (["a.wav", "--model", "no-such-model-xyz"], "unknown model 'no-such-model-xyz'"),
+    (["a.wav", "--patience", "2"], "--patience needs --beam-size"),
+    (["a.wav", "--beam-size", "3", "--length-penalty", "1.5"], "--length-penalty must be between 0 and 1"),
 ])
 def test_usage_errors_exit_2_without_traceback(tmp_path, capsys, argv, message):
     assert main(["transcribe", *argv]) == 2

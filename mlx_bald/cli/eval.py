@@ -14,7 +14,7 @@ def _positive(text: str) -> int:
     except ValueError:
         n = 0
     if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of clips >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return n
 
 
@@ -30,11 +30,13 @@ def register(sub) -> argparse.ArgumentParser:
     add_column_args(p)
     p.add_argument("--engine", choices=["mlx", "torch"], default="mlx",
                    help="mlx (the runtime) or torch (transformers reference)")
-    p.add_argument("--decode", choices=["greedy", "fallback"], default="greedy",
-                   help="greedy (temperature 0, as in the papers' tables) or fallback (as `mlx-bald "
+    p.add_argument("--decode", choices=["greedy", "beam", "fallback"], default="greedy",
+                   help="greedy (temperature 0, as in the papers' tables), beam (beam search of --beam-size "
+                        "at temperature 0, openai-whisper's rules) or fallback (as `mlx-bald "
                         "transcribe` decodes by default: a looping or unlikely hypothesis is re-decoded at "
                         "temperatures 0.2..1.0, seeded; mlx-whisper's thresholds for mlx, transformers' "
                         "for torch)")
+    p.add_argument("--beam-size", type=_positive, default=5, help="beams of --decode beam (default 5)")
     p.add_argument("--limit", type=_positive, default=None, help="first N clips only (N >= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--show", action="store_true", help="also print each clip's reference and hypothesis")
@@ -47,7 +49,8 @@ def run(args) -> int:
 
     r = evaluate(args.model or default_model(), args.set_spec, args.engine, args.limit,
                  progress=sys.stderr.isatty(), decode=args.decode, language=args.language,
-                 audio_column=args.audio_column, text_column=args.text_column)
+                 audio_column=args.audio_column, text_column=args.text_column,
+                 beam_size=args.beam_size)
     if args.json:
         d = r.to_dict()
         if not args.show:

@@ -30,6 +30,12 @@ def _optional_float(text: str) -> float | None:
     return None if text == "None" else float(text)
 
 
+def _beams(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of beams >= 1, got {text!r}")
+    return int(text)
+
+
 def _language(text: str) -> str | None:
     from mlx_whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
@@ -66,6 +72,14 @@ def register(sub) -> argparse.ArgumentParser:
                    help="word-level timestamps (subtitles per word group)")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--beam-size", type=_beams, default=None,
+                   help="beam search with this many beams at temperature 0 (openai-whisper's; e.g. 5); "
+                        "default: greedy. Fallback temperatures above 0 sample as usual")
+    p.add_argument("--patience", type=float, default=None,
+                   help="beam search stops after beam-size x patience sequences have ended (default 1.0)")
+    p.add_argument("--length-penalty", type=_optional_float, default=None,
+                   help="ranking of finished beams: None = log-prob / length; alpha in [0, 1] = "
+                        "Google NMT's ((5 + length) / 6) ** alpha")
     p.add_argument("--temperature-increment-on-fallback", type=_optional_float, default=0.2,
                    help="raise the temperature by this much when decoding fails (None: never)")
     p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
@@ -106,6 +120,7 @@ def _options(args) -> dict:
         "no_speech_threshold": args.no_speech_threshold,
         "clip_timestamps": args.clip_timestamps,
         "hallucination_silence_threshold": args.hallucination_silence_threshold,
+        "beam_size": args.beam_size, "patience": args.patience, "length_penalty": args.length_penalty,
     }
 
 
@@ -121,6 +136,10 @@ def _inputs(args) -> list[str]:
         raise MlxBaldError("no input: give audio FILEs, '-' for stdin, or --example")
     if args.output_name and len(files) > 1:
         raise MlxBaldError("--output-name needs exactly one input file")
+    if args.patience is not None and (args.beam_size is None or args.patience <= 0):
+        raise MlxBaldError("--patience needs --beam-size and must be above 0")
+    if args.length_penalty is not None and not 0 <= args.length_penalty <= 1:
+        raise MlxBaldError("--length-penalty must be between 0 and 1")
     if not args.word_timestamps:
         for opt in _WRITER_OPTIONS:
             if getattr(args, opt):

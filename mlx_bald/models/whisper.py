@@ -19,10 +19,10 @@ from typing import NamedTuple
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx_whisper.decoding import decode as decode_function
 from mlx_whisper.decoding import detect_language as detect_language_function
 from mlx_whisper.whisper import ModelDimensions
 
+from ..decoding import decode as decode_function  # mlx-whisper's, plus beam search
 from ..kernels import resolve_path
 from .. import vocab
 from ..spec import CompressionSpec

@@ -34,6 +34,6 @@ if [ "$(uname -s)" = "Linux" ]; then
           || echo "mlx-bald set-up: chromium not installed; the browser test will be skipped" >&2
     fi
 fi
-"${PIP[@]}" -e ".[compress,serve,dev]"
+"${PIP[@]}" -e ".[compress,serve,vad,dev]"
 echo "$want" > "$stamp"
 echo "mlx-bald set-up: done (.venv/bin/mlx-bald)" >&2

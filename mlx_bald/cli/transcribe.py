@@ -30,9 +30,9 @@ def _optional_float(text: str) -> float | None:
     return None if text == "None" else float(text)
 
 
-def _beams(text: str) -> int:
+def _count(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of beams >= 1, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
     return int(text)
 
 
@@ -71,8 +71,16 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--word-timestamps", type=_bool, nargs="?", const=True, default=False,
                    help="word-level timestamps (subtitles per word group)")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window")
+    p.add_argument("--batch-size", type=_count, default=None, metavar="B",
+                   help="decode the 30 s windows of all files B at a time through one kv cache (faster "
+                        "on many files or long audio; each window is one segment, decoded without "
+                        "timestamp tokens or previous-text conditioning, as faster-whisper's batched pipeline)")
+    p.add_argument("--vad", action="store_true",
+                   help="skip silence: Silero VAD (onnxruntime) cuts the audio into speech chunks of at most "
+                        "30 s, decoded as with --batch-size (default 8)")
+    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that opens a chunk")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    p.add_argument("--beam-size", type=_beams, default=None,
+    p.add_argument("--beam-size", type=_count, default=None,
                    help="beam search with this many beams at temperature 0 (openai-whisper's; e.g. 5); "
                         "default: greedy. Fallback temperatures above 0 sample as usual")
     p.add_argument("--patience", type=float, default=None,
@@ -140,6 +148,13 @@ def _inputs(args) -> list[str]:
         raise MlxBaldError("--patience needs --beam-size and must be above 0")
     if args.length_penalty is not None and not 0 <= args.length_penalty <= 1:
         raise MlxBaldError("--length-penalty must be between 0 and 1")
+    if args.batch_size is not None or args.vad:
+        clashing = [flag for flag, on in (("--word-timestamps", args.word_timestamps),
+                                          ("--clip-timestamps", args.clip_timestamps not in ("0", "")),
+                                          ("--hallucination-silence-threshold", args.hallucination_silence_threshold))
+                    if on]
+        if clashing:
+            raise MlxBaldError(f"{clashing[0]} needs the one-by-one decoder: drop --batch-size/--vad")
     if not args.word_timestamps:
         for opt in _WRITER_OPTIONS:
             if getattr(args, opt):
@@ -173,14 +188,80 @@ def _output_name(args, path: str, used: set[str]) -> str:
     return name
 
 
+def _load(path: str):
+    """A file's samples, or None after saying why (the other files go on)."""
+    from tqdm import tqdm
+
+    from mlx_bald.audio import load_audio
+    from mlx_bald.errors import MlxBaldError
+
+    try:
+        return load_audio(sys.stdin.buffer.read() if path == "-" else path, name="stdin" if path == "-" else path)
+    except MlxBaldError as e:
+        tqdm.write(f"mlx-bald: error: {e}", file=sys.stderr)
+        return None
+
+
+def _decode_one_by_one(files, model, options, verbose, quiet_stdout):
+    """(path, audio, result) per file through mlx-whisper's transcribe; failures are reported, skipped."""
+    from tqdm import tqdm
+
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.transcribe import transcribe
+
+    for path in files:
+        audio = _load(path)
+        if audio is None:
+            continue
+        try:
+            with quiet_stdout:
+                result = transcribe(audio, model=model, verbose=verbose, **options)
+        except MlxBaldError as e:
+            tqdm.write(f"mlx-bald: error: {e}", file=sys.stderr)
+            continue
+        except Exception as e:  # keep going with the other files; say what broke
+            tqdm.write(f"mlx-bald: error: {path}: transcription failed "
+                       f"({type(e).__name__}: {e})", file=sys.stderr)
+            continue
+        yield path, audio, result
+
+
+def _decode_batched(args, files, model, options):
+    """(path, audio, result) per file: every file's chunks (30 s windows, or speech chunks with
+    --vad) decoded --batch-size at a time (mlx_bald.batched)."""
+    from mlx_bald.batched import transcribe_many
+    from mlx_bald.errors import MlxBaldError
+
+    loaded = [(path, a) for path in files if (a := _load(path)) is not None]
+    if not loaded:
+        return
+    audios = [a for _, a in loaded]
+    spans = None
+    if args.vad:
+        from mlx_bald.vad import vad_spans
+
+        spans = vad_spans(audios, threshold=args.vad_threshold)
+    keep = ("language", "task", "temperature", "initial_prompt", "compression_ratio_threshold",
+            "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty")
+    try:
+        results = transcribe_many(audios, model, batch_size=args.batch_size or 8, spans=spans,
+                                  **{k: options[k] for k in keep})
+    except MlxBaldError:
+        raise
+    except Exception as e:  # one batch holds every file: say what broke, no traceback
+        raise MlxBaldError(f"batched transcription failed ({type(e).__name__}: {e})") from None
+    for (path, audio), result in zip(loaded, results):
+        yield path, audio, result
+
+
 def run(args) -> int:
     from mlx_whisper.writers import get_writer
     from tqdm import tqdm
 
-    from mlx_bald.audio import SAMPLE_RATE, load_audio
+    from mlx_bald.audio import SAMPLE_RATE
     from mlx_bald.errors import MlxBaldError
     from mlx_bald.hub import resolve_model
-    from mlx_bald.transcribe import get_model, transcribe
+    from mlx_bald.transcribe import get_model
 
     files = _inputs(args)
     to_stdout = args.output_dir is None and args.output_format is None
@@ -202,21 +283,12 @@ def run(args) -> int:
 
     used: set[str] = set()
     done, audio_seconds, start = 0, 0.0, time.perf_counter()
-    bar = tqdm(files, unit="file", file=sys.stderr, leave=False,
+    batched = args.batch_size is not None or args.vad
+    decoded = _decode_batched(args, files, model, options) if batched else \
+        _decode_one_by_one(files, model, options, verbose, quiet_stdout)
+    bar = tqdm(decoded, total=len(files), unit="file", file=sys.stderr, leave=False,
                disable=len(files) < 2 or not sys.stderr.isatty())
-    for path in bar:
-        try:
-            source = sys.stdin.buffer.read() if path == "-" else path
-            audio = load_audio(source, name="stdin" if path == "-" else path)
-            with quiet_stdout:
-                result = transcribe(audio, model=model, verbose=verbose, **options)
-        except MlxBaldError as e:
-            tqdm.write(f"mlx-bald: error: {e}", file=sys.stderr)
-            continue
-        except Exception as e:  # keep going with the other files; say what broke
-            tqdm.write(f"mlx-bald: error: {path}: transcription failed "
-                       f"({type(e).__name__}: {e})", file=sys.stderr)
-            continue
+    for path, audio, result in bar:
         done += 1
         audio_seconds += len(audio) / SAMPLE_RATE
         if to_stdout:

@@ -177,8 +177,8 @@ class Chromium:
 
 _PAGE_READY = ("document.readyState === 'complete' && "
                "document.querySelectorAll('#model option').length > 0")
-_FINISHED = ("!document.getElementById('result').hidden || "
-             "document.getElementById('status').classList.contains('error')")
+_FINISHED = ("document.getElementById('status').textContent.startsWith('Done') || "
+             "document.getElementById('status').classList.contains('error')")  # the stream has ended
 _SHOWN = """({
     text: document.getElementById('text').textContent,
     status: document.getElementById('status').textContent,

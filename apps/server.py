@@ -1,8 +1,13 @@
 """A local OpenAI-compatible transcription server (standard library HTTP + one inference thread).
 
 Endpoints: POST /v1/audio/transcriptions and /v1/audio/translations (multipart: file, model,
-language, prompt, temperature, response_format, timestamp_granularities[]), GET /v1/models,
-GET /v1/models/<id>, GET /health, and the demo page at / (apps/static).
+language, prompt, temperature, response_format, timestamp_granularities[], stream), GET
+/v1/models, GET /v1/models/<id>, GET /health, and the demo page at / (apps/static).
+
+json and text answers are decoded with mlx_bald.batched, batched dynamically with the other
+requests waiting for the same model and options; ``stream=true`` answers with OpenAI's
+transcription events as each chunk is decoded. srt/vtt/verbose_json use mlx-whisper's full
+transcribe (timestamp tokens, finer segments), one request at a time.
 
 Served model ids are fixed by the operator at start-up; a request can only pick one of those ids
 (never a path or a hub name), and "whisper-1" is an alias of the default model.
@@ -27,7 +32,7 @@ from mlx_whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
 
 from apps.form import FormError, parse_form
 from apps.openai_format import RESPONSE_FORMATS, error_body, render
-from apps.worker import InferenceWorker, QueueFullError, Transcriber
+from apps.worker import BatchTranscriber, InferenceWorker, QueueFullError, Transcriber
 
 log = logging.getLogger("mlx_bald.server")
 
@@ -295,8 +300,15 @@ class Handler(BaseHTTPRequestHandler):
         if upload is None:
             raise ApiError(400, "you must provide a 'file' (the audio, as a multipart file field)",
                            param="file", code="missing_required_parameter")
+        stream = (form.get("stream") or "false").strip().lower() == "true"
+        if stream and fmt not in ("json", "text"):
+            raise ApiError(400, "stream=true needs response_format json or text.", param="stream",
+                           code="invalid_value")
         audio = self._decode(upload.data, upload.filename)
-        self._run(audio, target, options, fmt, task, words)
+        if stream:
+            self._stream(audio, target, options)
+        else:  # plain text answers are decoded in batches with whatever else is waiting
+            self._run(audio, target, options, fmt, task, words, batch=fmt in ("json", "text"))
 
     def _decode(self, data: bytes, filename: str):
         from mlx_bald.audio import load_audio
@@ -315,10 +327,50 @@ class Handler(BaseHTTPRequestHandler):
                            param="file", code="empty_file")
         return audio
 
-    def _run(self, audio, target: str, options: dict, fmt: str, task: str, words: bool) -> None:
+    def _stream(self, audio, target: str, options: dict) -> None:
+        """OpenAI's transcription stream: server-sent events, a ``transcript.text.delta`` per
+        decoded chunk (with its start and end seconds) and a final ``transcript.text.done``."""
+        import queue
+
+        segments: queue.Queue = queue.Queue()
+        try:
+            fut = self.server.worker.submit(audio, target, options, on_segment=segments.put)
+        except QueueFullError as exc:
+            raise ApiError(503, str(exc), type_="server_error", code="queue_full") from None
+        fut.add_done_callback(lambda _f: segments.put(None))
+        self.close_connection = True  # the stream ends when the connection does
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Cache-Control", "no-cache")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        deadline = time.monotonic() + self.server.config.request_timeout
+
+        def event(body: dict) -> None:
+            self.wfile.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
+            self.wfile.flush()
+
+        try:
+            while (seg := segments.get(timeout=max(0.1, deadline - time.monotonic()))) is not None:
+                event({"type": "transcript.text.delta", "delta": seg["text"], "start": seg["start"],
+                       "end": seg["end"]})
+        except queue.Empty:
+            fut.cancel()
+            event({"type": "error", "error": error_body("The transcription did not finish in time.",
+                                                        "server_error", code="timeout")["error"]})
+            return
+        if fut.exception() is not None:
+            log.error("transcription failed: %r", fut.exception())
+            event({"type": "error", "error": error_body(f"Transcription failed: {fut.exception()}",
+                                                        "server_error")["error"]})
+            return
+        event({"type": "transcript.text.done", "text": fut.result()["text"].strip()})
+
+    def _run(self, audio, target: str, options: dict, fmt: str, task: str, words: bool,
+             batch: bool = False) -> None:
         worker = self.server.worker
         try:
-            fut = worker.submit(audio, target, options)
+            fut = worker.submit(audio, target, options, batch=batch)
         except QueueFullError as exc:
             raise ApiError(503, str(exc), type_="server_error", code="queue_full") from None
         try:
@@ -341,7 +393,7 @@ class TranscriptionServer(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], config: ServerConfig,
-                 transcriber: Transcriber) -> None:
+                 transcriber: Transcriber, batch_transcriber: BatchTranscriber | None = None) -> None:
         self.config = config
         self.started = int(time.time())
         self.static_files = {p.name: p for p in sorted(Path(config.static_dir).glob("*"))
@@ -350,7 +402,8 @@ class TranscriptionServer(ThreadingHTTPServer):
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         super().__init__(address, Handler)  # binds; the worker starts only once that worked
-        self.worker = InferenceWorker(transcriber, max_pending=config.max_pending)
+        self.worker = InferenceWorker(transcriber, max_pending=config.max_pending,
+                                      batch_transcriber=batch_transcriber)
 
     @property
     def url(self) -> str:
@@ -389,11 +442,23 @@ def mlx_transcriber(audio, target: str, options: dict) -> dict:
     return transcribe(audio, model=target, **options)
 
 
+def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=None) -> list[dict]:
+    """Several requests with the same options as one batch (mlx_bald.batched), on the inference thread."""
+    from mlx_bald.batched import transcribe_many
+
+    keep = {k: options[k] for k in ("task", "language", "temperature", "initial_prompt") if k in options}
+    return transcribe_many(audios, target, batch_size=8, on_segment=on_segment, **keep)
+
+
 def make_server(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000,
-                transcriber: Transcriber | None = None, **config: Any) -> TranscriptionServer:
-    """Build (not start) a server; ``port=0`` picks a free port (see ``server.url``)."""
+                transcriber: Transcriber | None = None, batch_transcriber: BatchTranscriber | None = None,
+                **config: Any) -> TranscriptionServer:
+    """Build (not start) a server; ``port=0`` picks a free port (see ``server.url``). With a fake
+    ``transcriber`` and no ``batch_transcriber``, every request goes through the transcriber."""
     cfg = ServerConfig(models=dict(models), **config)
-    return TranscriptionServer((host, port), cfg, transcriber or mlx_transcriber)
+    if transcriber is None and batch_transcriber is None:
+        transcriber, batch_transcriber = mlx_transcriber, mlx_batch_transcriber
+    return TranscriptionServer((host, port), cfg, transcriber or mlx_transcriber, batch_transcriber)
 
 
 def start_in_thread(server: TranscriptionServer) -> threading.Thread:

@@ -352,6 +352,62 @@ def test_connection_limit():
         srv.server_close()
 
 
+class FakeBatch:
+    """A batch transcriber that records the batch sizes and streams two segments per audio."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    def __call__(self, target, audios, options, on_segment=None):
+        self.sizes.append(len(audios))
+        time.sleep(0.3)  # long enough for concurrent requests to queue up behind the first batch
+        out = []
+        for i, audio in enumerate(audios):
+            segs = [{"id": 0, "start": 0.0, "end": 0.5, "text": " Hello"},
+                    {"id": 1, "start": 0.5, "end": 1.0, "text": f" there {len(audio)}."}]
+            for seg in segs:
+                if on_segment:
+                    on_segment(i, seg)
+            out.append({"text": "".join(s["text"] for s in segs), "segments": segs, "language": "en"})
+        return out
+
+
+def test_concurrent_json_requests_are_decoded_in_batches():
+    batch = FakeBatch()
+    srv = make_server({"tiny": "T"}, port=0, transcriber=Fake(), batch_transcriber=batch, quiet=True)
+    start_in_thread(srv)
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            replies = list(pool.map(lambda n: transcribe_req(
+                srv, {"model": "tiny"}, {"file": ("c.wav", wav_bytes(0.5 + n / 10))}), range(8)))
+        assert all(r[0] == 200 for r in replies)
+        texts = sorted(json.loads(r[2])["text"] for r in replies)
+        assert texts == sorted(f"Hello there {int((0.5 + n / 10) * 16000)}." for n in range(8))
+        assert sum(batch.sizes) == 8 and max(batch.sizes) > 1 and len(batch.sizes) < 8
+        srt = transcribe_req(srv, {"model": "tiny", "response_format": "srt"})  # not batched
+        assert srt[0] == 200 and sum(batch.sizes) == 8
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_stream_sends_openai_transcription_events():
+    srv = make_server({"tiny": "T"}, port=0, transcriber=Fake(), batch_transcriber=FakeBatch(), quiet=True)
+    start_in_thread(srv)
+    try:
+        status, headers, body = transcribe_req(srv, {"model": "tiny", "stream": "true"})
+        assert status == 200 and headers["content-type"] == "text/event-stream"
+        events = [json.loads(line[len("data: "):]) for line in body.decode().split("\n\n") if line]
+        assert [e["type"] for e in events] == ["transcript.text.delta"] * 2 + ["transcript.text.done"]
+        assert events[0]["delta"] == " Hello" and events[1]["start"] == 0.5
+        assert events[-1]["text"] == "Hello there 16000."
+        bad = transcribe_req(srv, {"model": "tiny", "stream": "true", "response_format": "srt"})
+        assert error_of(bad)["param"] == "stream"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_parse_model_specs():
     assert parse_model_specs(["whisper-base"]) == {"whisper-base": "whisper-base"}
     assert parse_model_specs(["/m/bald-base/", "fast=whisper-tiny.en"]) == \
@@ -418,6 +474,33 @@ def test_eight_concurrent_clients_all_answered(real):
     with ThreadPoolExecutor(8) as pool:
         texts = list(pool.map(one, formats))
     assert [_norm(t) for t in texts] == [_norm(clip.text)] * 8
+
+
+@pytest.mark.slow
+def test_openai_client_streams_real_speech(real):
+    srv, clip = real
+    client = _client(srv)
+    with open(clip.path, "rb") as f:
+        events = list(client.audio.transcriptions.create(file=f, model="whisper-1", stream=True))
+    types = [e.type for e in events]
+    assert types[-1] == "transcript.text.done" and types.count("transcript.text.delta") >= 1
+    deltas = "".join(e.delta for e in events if e.type == "transcript.text.delta")
+    assert _norm(events[-1].text) == _norm(deltas) == _norm(clip.text)
+
+
+@pytest.mark.slow
+def test_eight_concurrent_json_requests_equal_one_after_another(real):
+    srv, clip = real
+    client = _client(srv)
+    data = clip.path.read_bytes()
+
+    def one(_: int) -> str:
+        return client.audio.transcriptions.create(file=("clip.wav", data), model="whisper-1").text
+
+    alone = [one(i) for i in range(2)]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(one, range(8)))
+    assert together == [alone[0]] * 8 and alone[1] == alone[0]
 
 
 @pytest.mark.slow

@@ -64,24 +64,32 @@ function fmtTime(t) {
   return `${m}:${s}`;
 }
 
-function showResult(body, seconds) {
-  $("text").textContent = body.text;
-  const lang = body.language ? `language: ${body.language} · ` : "";
-  $("meta").textContent =
-    `${lang}audio ${body.duration.toFixed(1)} s · answered in ${seconds.toFixed(1)} s · model ${$("model").value}`;
-  const tbody = $("segments").querySelector("tbody");
-  tbody.replaceChildren();
-  for (const seg of body.segments || []) {
-    const tr = document.createElement("tr");
-    for (const [val, cls] of [[fmtTime(seg.start), "t"], [fmtTime(seg.end), "t"], [seg.text.trim(), ""]]) {
-      const td = document.createElement("td");
-      td.textContent = val;
-      if (cls) td.className = cls;
-      tr.appendChild(td);
-    }
-    tbody.appendChild(tr);
+function addSegment(seg) {
+  const tr = document.createElement("tr");
+  for (const [val, cls] of [[fmtTime(seg.start), "t"], [fmtTime(seg.end), "t"], [seg.text.trim(), ""]]) {
+    const td = document.createElement("td");
+    td.textContent = val;
+    if (cls) td.className = cls;
+    tr.appendChild(td);
   }
-  $("result").hidden = false;
+  $("segments").querySelector("tbody").appendChild(tr);
+}
+
+// Server-sent events of a stream=true transcription: text appears as each chunk is decoded.
+async function readStream(res, onEvent) {
+  const reader = res.body.getReader(), decoder = new TextDecoder();
+  let buffered = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffered += decoder.decode(value, { stream: true });
+    let cut;
+    while ((cut = buffered.indexOf("\n\n")) >= 0) {
+      const line = buffered.slice(0, cut).trim();
+      buffered = buffered.slice(cut + 2);
+      if (line.startsWith("data: ")) onEvent(JSON.parse(line.slice(6)));
+    }
+  }
 }
 
 async function send() {
@@ -102,13 +110,31 @@ async function send() {
     const form = new FormData();
     form.append("file", upload, name);
     form.append("model", $("model").value);
-    form.append("response_format", "verbose_json");
+    form.append("response_format", "json");
+    form.append("stream", "true");
     if ($("language").value) form.append("language", $("language").value);
     const res = await fetch("/v1/audio/transcriptions", { method: "POST", body: form });
-    const body = await res.json();
-    if (!res.ok) throw new Error(body.error ? body.error.message : res.statusText);
+    if (!res.ok) {
+      const body = await res.json();
+      throw new Error(body.error ? body.error.message : res.statusText);
+    }
+    $("text").textContent = "";
+    $("meta").textContent = "";
+    $("segments").querySelector("tbody").replaceChildren();
+    $("result").hidden = false;
+    await readStream(res, (ev) => {
+      if (ev.type === "transcript.text.delta") {
+        $("text").textContent += ev.delta;
+        addSegment({ start: ev.start, end: ev.end, text: ev.delta });
+      } else if (ev.type === "transcript.text.done") {
+        $("text").textContent = ev.text;
+      } else if (ev.type === "error") {
+        throw new Error(ev.error.message);
+      }
+    });
     const secs = (performance.now() - t0) / 1000;
-    showResult(body, secs);
+    const audioSecs = upload.type === "audio/wav" ? ` · audio ${((upload.size - 44) / 32000).toFixed(1)} s` : "";
+    $("meta").textContent = `streamed${audioSecs} · answered in ${secs.toFixed(1)} s · model ${$("model").value}`;
     setStatus(`Done: ${pending.name}`);
   } catch (e) {
     setStatus("Error: " + e.message, true);

@@ -61,6 +61,7 @@ class ServerConfig:
     request_timeout: float = 900.0     # seconds a request waits for its transcription
     static_dir: Path = STATIC_DIR
     quiet: bool = False
+    decode: dict[str, Any] = field(default_factory=dict)  # e.g. beam_size: applied to every request
     aliases: dict[str, str] = field(default_factory=dict)  # filled in __post_init__
 
     def __post_init__(self) -> None:
@@ -281,7 +282,7 @@ class Handler(BaseHTTPRequestHandler):
         if fmt not in RESPONSE_FORMATS:
             raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}.",
                            param="response_format", code="invalid_value")
-        options: dict[str, Any] = {"task": task, "language": _parse_language(form.get("language"))}
+        options: dict[str, Any] = {**cfg.decode, "task": task, "language": _parse_language(form.get("language"))}
         temperature = _parse_temperature(form.get("temperature"))
         if temperature is not None:
             options["temperature"] = temperature
@@ -446,7 +447,8 @@ def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=N
     """Several requests with the same options as one batch (mlx_bald.batched), on the inference thread."""
     from mlx_bald.batched import transcribe_many
 
-    keep = {k: options[k] for k in ("task", "language", "temperature", "initial_prompt") if k in options}
+    keep = {k: options[k] for k in ("task", "language", "temperature", "initial_prompt", "beam_size",
+                                    "patience", "length_penalty") if k in options}
     return transcribe_many(audios, target, batch_size=8, on_segment=on_segment, **keep)
 
 

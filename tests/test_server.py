@@ -219,6 +219,24 @@ def test_form_fields_map_to_options_and_targets(fake_server):
     assert t3 == "TARGET-A" and o3["task"] == "translate"
 
 
+def test_serve_decode_options_reach_every_request(capsys):
+    """`serve --beam-size 5 --length-penalty 0.6`: every request decodes with them."""
+    from mlx_bald.cli.main import main
+
+    assert main(["serve", "--model", "whisper-base", "--patience", "2", "--port", "0"]) == 2
+    assert "--patience needs --beam-size" in capsys.readouterr().err
+    fake = Fake()
+    srv = make_server({"tiny": "T"}, port=0, transcriber=fake, quiet=True,
+                      decode={"beam_size": 5, "length_penalty": 0.6})
+    start_in_thread(srv)
+    try:
+        assert transcribe_req(srv, {"model": "tiny", "response_format": "srt"})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert fake.calls[0][2]["beam_size"] == 5 and fake.calls[0][2]["length_penalty"] == 0.6
+
+
 @pytest.mark.parametrize("model", ["TARGET-A", "/tmp", "../tiny", "whisper-base", "Tiny"])
 def test_only_served_ids_are_accepted(fake_server, model):
     srv, fake = fake_server

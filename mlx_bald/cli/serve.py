@@ -28,6 +28,11 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-preload", action="store_true",
                    help="load models on first request instead of at start-up")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
+    p.add_argument("--beam-size", type=int, default=None,
+                   help="decode every request with beam search of this many beams (default: greedy)")
+    p.add_argument("--patience", type=float, default=None, help="beam search patience (with --beam-size)")
+    p.add_argument("--length-penalty", type=float, default=None,
+                   help="beam ranking: None = log-prob / length; alpha in [0, 1] = Google NMT's penalty")
     return p
 
 
@@ -41,6 +46,14 @@ def run(args) -> int:
                            f"pip install 'mlx-bald[serve]'") from None
     from mlx_bald.hub import default_model, resolve_model
 
+    if args.beam_size is not None and args.beam_size < 1:
+        raise MlxBaldError("--beam-size must be at least 1")
+    if args.patience is not None and (args.beam_size is None or args.patience <= 0):
+        raise MlxBaldError("--patience needs --beam-size and must be above 0")
+    if args.length_penalty is not None and not 0 <= args.length_penalty <= 1:
+        raise MlxBaldError("--length-penalty must be between 0 and 1")
+    decode = {k: v for k, v in (("beam_size", args.beam_size), ("patience", args.patience),
+                                ("length_penalty", args.length_penalty)) if v is not None}
     try:
         specs = parse_model_specs(args.model or [default_model()])
     except ValueError as e:
@@ -58,7 +71,7 @@ def run(args) -> int:
         server = make_server(models, host=args.host, port=args.port,
                              max_upload_bytes=int(args.max_upload_mb * 1024 * 1024),
                              max_pending=args.max_queue, request_timeout=args.timeout,
-                             quiet=args.quiet)
+                             quiet=args.quiet, decode=decode)
     except OSError as e:
         raise MlxBaldError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 

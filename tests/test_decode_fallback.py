@@ -1,4 +1,4 @@
-"""Evaluation's two decodes: greedy (the papers' tables) and temperature fallback (how
+"""Evaluation's decodes: greedy (the papers' tables), beam, and temperature fallback (how
 ``mlx-bald transcribe`` decodes). The fallback test uses a tiny random multilingual Whisper,
 whose greedy hypothesis is so unlikely that every fallback temperature is tried."""
 from __future__ import annotations
@@ -13,8 +13,10 @@ from mlx_bald.evaluate import evaluate
 
 
 def test_unknown_decode_is_refused_before_any_work():
-    with pytest.raises(MlxBaldError, match="unknown decode 'beam'"):
-        evaluate("whisper-base", "librivox", engine="torch", decode="beam")
+    with pytest.raises(MlxBaldError, match="unknown decode 'nucleus'"):
+        evaluate("whisper-base", "librivox", engine="torch", decode="nucleus")
+    with pytest.raises(MlxBaldError, match="beam_size must be at least 1"):
+        evaluate("whisper-base", "librivox", decode="beam", beam_size=0)
 
 
 @pytest.mark.slow

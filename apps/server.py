@@ -445,10 +445,9 @@ def mlx_transcriber(audio, target: str, options: dict) -> dict:
 
 def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=None) -> list[dict]:
     """Several requests with the same options as one batch (mlx_bald.batched), on the inference thread."""
-    from mlx_bald.batched import transcribe_many
+    from mlx_bald.batched import OPTIONS, transcribe_many
 
-    keep = {k: options[k] for k in ("task", "language", "temperature", "initial_prompt", "beam_size",
-                                    "patience", "length_penalty") if k in options}
+    keep = {k: options[k] for k in OPTIONS if k in options}
     return transcribe_many(audios, target, batch_size=8, on_segment=on_segment, **keep)
 
 

@@ -20,6 +20,9 @@ import mlx.core as mx
 SAMPLE_RATE = 16_000
 WINDOW_SECONDS = 30.0
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # mlx-whisper's transcribe defaults
+# the mlx-whisper decoding options transcribe_many takes (the others need the one-by-one decoder)
+OPTIONS = ("language", "task", "temperature", "initial_prompt", "compression_ratio_threshold",
+           "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty")
 
 
 @dataclass(frozen=True)

@@ -6,16 +6,7 @@ import json
 import sys
 
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return n
+from mlx_bald.cli.decode_args import positive_int
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -36,8 +27,8 @@ def register(sub) -> argparse.ArgumentParser:
                         "transcribe` decodes by default: a looping or unlikely hypothesis is re-decoded at "
                         "temperatures 0.2..1.0, seeded; mlx-whisper's thresholds for mlx, transformers' "
                         "for torch)")
-    p.add_argument("--beam-size", type=_positive, default=5, help="beams of --decode beam (default 5)")
-    p.add_argument("--limit", type=_positive, default=None, help="first N clips only (N >= 1)")
+    p.add_argument("--beam-size", type=positive_int, default=5, help="beams of --decode beam (default 5)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N clips only (N >= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--show", action="store_true", help="also print each clip's reference and hypothesis")
     return p

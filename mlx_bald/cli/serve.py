@@ -5,6 +5,8 @@ import argparse
 import signal
 import sys
 
+from mlx_bald.cli.decode_args import add_beam_args, beam_options
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -28,11 +30,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-preload", action="store_true",
                    help="load models on first request instead of at start-up")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
-    p.add_argument("--beam-size", type=int, default=None,
-                   help="decode every request with beam search of this many beams (default: greedy)")
-    p.add_argument("--patience", type=float, default=None, help="beam search patience (with --beam-size)")
-    p.add_argument("--length-penalty", type=float, default=None,
-                   help="beam ranking: None = log-prob / length; alpha in [0, 1] = Google NMT's penalty")
+    add_beam_args(p.add_argument_group("decoding of every request"))
     return p
 
 
@@ -46,14 +44,7 @@ def run(args) -> int:
                            f"pip install 'mlx-bald[serve]'") from None
     from mlx_bald.hub import default_model, resolve_model
 
-    if args.beam_size is not None and args.beam_size < 1:
-        raise MlxBaldError("--beam-size must be at least 1")
-    if args.patience is not None and (args.beam_size is None or args.patience <= 0):
-        raise MlxBaldError("--patience needs --beam-size and must be above 0")
-    if args.length_penalty is not None and not 0 <= args.length_penalty <= 1:
-        raise MlxBaldError("--length-penalty must be between 0 and 1")
-    decode = {k: v for k, v in (("beam_size", args.beam_size), ("patience", args.patience),
-                                ("length_penalty", args.length_penalty)) if v is not None}
+    decode = beam_options(args)
     try:
         specs = parse_model_specs(args.model or [default_model()])
     except ValueError as e:

@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from mlx_bald.cli.decode_args import add_beam_args, beam_options, optional_float, positive_int
+
 FORMATS = ["txt", "vtt", "srt", "tsv", "json", "all"]
 _WRITER_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
 
@@ -24,16 +26,6 @@ def _bool(text: str) -> bool:
     if v in ("false", "0", "no", "off"):
         return False
     raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-
-
-def _optional_float(text: str) -> float | None:
-    return None if text == "None" else float(text)
-
-
-def _count(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return int(text)
 
 
 def _language(text: str) -> str | None:
@@ -71,7 +63,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--word-timestamps", type=_bool, nargs="?", const=True, default=False,
                    help="word-level timestamps (subtitles per word group)")
     p.add_argument("--initial-prompt", default=None, help="text to condition the first window")
-    p.add_argument("--batch-size", type=_count, default=None, metavar="B",
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="B",
                    help="decode the 30 s windows of all files B at a time through one kv cache (faster "
                         "on many files or long audio; each window is one segment, decoded without "
                         "timestamp tokens or previous-text conditioning, as faster-whisper's batched pipeline)")
@@ -80,25 +72,18 @@ def register(sub) -> argparse.ArgumentParser:
                         "30 s, decoded as with --batch-size (default 8)")
     p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that opens a chunk")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
-    p.add_argument("--beam-size", type=_count, default=None,
-                   help="beam search with this many beams at temperature 0 (openai-whisper's; e.g. 5); "
-                        "default: greedy. Fallback temperatures above 0 sample as usual")
-    p.add_argument("--patience", type=float, default=None,
-                   help="beam search stops after beam-size x patience sequences have ended (default 1.0)")
-    p.add_argument("--length-penalty", type=_optional_float, default=None,
-                   help="ranking of finished beams: None = log-prob / length; alpha in [0, 1] = "
-                        "Google NMT's ((5 + length) / 6) ** alpha")
-    p.add_argument("--temperature-increment-on-fallback", type=_optional_float, default=0.2,
+    add_beam_args(p)
+    p.add_argument("--temperature-increment-on-fallback", type=optional_float, default=0.2,
                    help="raise the temperature by this much when decoding fails (None: never)")
     p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
                    help="print segments as they are decoded (to stderr when text goes to stdout)")
     p.add_argument("--condition-on-previous-text", type=_bool, default=True)
-    p.add_argument("--compression-ratio-threshold", type=_optional_float, default=2.4)
-    p.add_argument("--logprob-threshold", type=_optional_float, default=-1.0)
-    p.add_argument("--no-speech-threshold", type=_optional_float, default=0.6)
+    p.add_argument("--compression-ratio-threshold", type=optional_float, default=2.4)
+    p.add_argument("--logprob-threshold", type=optional_float, default=-1.0)
+    p.add_argument("--no-speech-threshold", type=optional_float, default=0.6)
     p.add_argument("--clip-timestamps", default="0",
                    help="start,end,start,end,... seconds to transcribe")
-    p.add_argument("--hallucination-silence-threshold", type=_optional_float, default=None)
+    p.add_argument("--hallucination-silence-threshold", type=optional_float, default=None)
     p.add_argument("--highlight-words", type=_bool, nargs="?", const=True, default=False,
                    help="underline each word as spoken in srt/vtt (needs --word-timestamps)")
     p.add_argument("--max-line-width", type=int, default=None)
@@ -144,10 +129,7 @@ def _inputs(args) -> list[str]:
         raise MlxBaldError("no input: give audio FILEs, '-' for stdin, or --example")
     if args.output_name and len(files) > 1:
         raise MlxBaldError("--output-name needs exactly one input file")
-    if args.patience is not None and (args.beam_size is None or args.patience <= 0):
-        raise MlxBaldError("--patience needs --beam-size and must be above 0")
-    if args.length_penalty is not None and not 0 <= args.length_penalty <= 1:
-        raise MlxBaldError("--length-penalty must be between 0 and 1")
+    beam_options(args)  # flags that do not fit together stop here, before any file
     if args.batch_size is not None or args.vad:
         clashing = [flag for flag, on in (("--word-timestamps", args.word_timestamps),
                                           ("--clip-timestamps", args.clip_timestamps not in ("0", "")),
@@ -229,7 +211,7 @@ def _decode_one_by_one(files, model, options, verbose, quiet_stdout):
 def _decode_batched(args, files, model, options):
     """(path, audio, result) per file: every file's chunks (30 s windows, or speech chunks with
     --vad) decoded --batch-size at a time (mlx_bald.batched)."""
-    from mlx_bald.batched import transcribe_many
+    from mlx_bald.batched import OPTIONS, transcribe_many
     from mlx_bald.errors import MlxBaldError
 
     loaded = [(path, a) for path in files if (a := _load(path)) is not None]
@@ -241,11 +223,9 @@ def _decode_batched(args, files, model, options):
         from mlx_bald.vad import vad_spans
 
         spans = vad_spans(audios, threshold=args.vad_threshold)
-    keep = ("language", "task", "temperature", "initial_prompt", "compression_ratio_threshold",
-            "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty")
     try:
         results = transcribe_many(audios, model, batch_size=args.batch_size or 8, spans=spans,
-                                  **{k: options[k] for k in keep})
+                                  **{k: options[k] for k in OPTIONS})
     except MlxBaldError:
         raise
     except Exception as e:  # one batch holds every file: say what broke, no traceback

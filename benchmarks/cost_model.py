@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from mlx_bald.spec import CompressionSpec
+from mlx_bald.vocab import first_special
 
 # unified-memory bandwidth (GB/s) and GPU fp16/fp32 peak (TFLOP/s); public figures, rounded
 CHIPS: dict[str, tuple[float, float]] = {
@@ -92,10 +93,16 @@ def cost(dims: dict, spec: CompressionSpec | None = None, bytes_per_weight: floa
         kv += (qk + vo) * (mean_position + s_audio)
     r = spec.embedding_rank
     emb = v * r + r * d if r else v * d
-    logits_flops = 2.0 * emb
-    dec_w += emb + 2 * d                              # tied projection + final LayerNorm
+    head = emb                                        # the tied projection read per step
+    if spec.head is not None:  # shortlist: rank-R preview of the text rows + N and specials exact
+        n_text = first_special(v)
+        preview = spec.head.rank * (n_text + d)
+        head = preview + (min(spec.head.top, n_text) + v - n_text) * d
+        params += preview
+    logits_flops = 2.0 * head
+    dec_w += head + 2 * d                             # logits + final LayerNorm
     params += emb + dims["n_text_ctx"] * d + 2 * d
-    dec_flops += 2.0 * (dec_w - emb) + logits_flops  # every weight: one multiply-add per token
+    dec_flops += 2.0 * (dec_w - head) + logits_flops  # every weight: one multiply-add per token
 
     da, ha, s = dims["n_audio_state"], dims["n_audio_head"], dims["n_audio_ctx"]
     enc_w = dims["n_mels"] * 3 * da + da + 3 * da * da + da + 2 * da
@@ -124,3 +131,31 @@ def floors(c: Cost, chip: str = "M1", batches: tuple[int, ...] = (1, 10)) -> dic
         out[f"decode_floor_ms_b{b}"] = 1e3 * step
         out[f"ceiling_tok_s_b{b}"] = b / step
     return out
+
+
+# ---- speculative decoding ------------------------------------------------------------------
+def speculative_speedup(per_token: float, draft_over_target: float, k: int) -> float:
+    """Tokens/s over the target alone, for a draft whose next token is the target's with
+    probability ``per_token`` (independently), costing ``draft_over_target`` of a target step,
+    proposing ``k`` per round. A round = k draft steps + one target pass over k + 1 tokens,
+    which at small batch costs one step (the weights are read once: the bandwidth floor)."""
+    a = min(max(per_token, 0.0), 1.0)
+    expected = k + 1 if a >= 1.0 else (1 - a ** (k + 1)) / (1 - a)  # accepted + the target's own
+    return expected / (k * draft_over_target + 1.0)
+
+
+def best_speedup(per_token: float, draft_over_target: float, k_max: int = 8) -> tuple[float, int]:
+    """(speed-up, k) at the best fixed k <= k_max."""
+    return max((speculative_speedup(per_token, draft_over_target, k), k) for k in range(1, k_max + 1))
+
+
+def acceptance_needed(target_speedup: float, draft_over_target: float, k_max: int = 8) -> float | None:
+    """Smallest per-token acceptance that reaches ``target_speedup`` (best k); None if even a
+    perfect draft cannot (the draft costs too much)."""
+    if best_speedup(1.0, draft_over_target, k_max)[0] < target_speedup:
+        return None
+    lo, hi = 0.0, 1.0
+    for _ in range(50):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if best_speedup(mid, draft_over_target, k_max)[0] >= target_speedup else (mid, hi)
+    return hi

@@ -133,7 +133,7 @@ class MLXEngine:
             parts = {"self-attention": lambda: [self_attn(i, b) for i, b in enumerate(dec.blocks)],
                      "cross-attention": lambda: [cross_attn(i, b) for i, b in enumerate(dec.blocks)],
                      "MLP": lambda: [b.mlp(x) for b in dec.blocks],
-                     "logits (tied embedding)": lambda: dec.token_embedding.as_linear(dec.ln(x))}
+                     "logits (tied embedding)": lambda: dec.project_logits(dec.ln(x))}
             out = {}
             for name, fn in parts.items():
                 mx.eval(fn())

@@ -102,6 +102,7 @@ def run(cfg: BenchConfig) -> dict:
         n_source = "3 tokens per second of audio (no real-weight base in this run)"
     _speed_rounds(cfg, entries, samples, features, batches, n_tok, skipped)
     _e2e_rounds(cfg, entries, samples, e2e_clips, n_per_clip)
+    speculative = _speculative(cfg, entries, e2e_clips) if cfg.speculative else None
 
     audio_s = sum(c.seconds for c in e2e_clips)
     for e in entries:
@@ -110,7 +111,7 @@ def run(cfg: BenchConfig) -> dict:
     _speedups(entries, batches)
     dtype = next((e.runner.dtype for e in entries if isinstance(e.runner, MLXEngine)), None)
     return {
-        "schema": SCHEMA, "quick": cfg.quick,
+        "schema": SCHEMA, "quick": cfg.quick, "speculative": speculative,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "command": " ".join(["mlx-bald", "bench", *sys.argv[2:]]) if "bench" in sys.argv else None,
         "machine": {**info, "loadavg_end": list(os.getloadavg()) if hasattr(os, "getloadavg") else None},
@@ -197,6 +198,22 @@ def _e2e_rounds(cfg, entries, samples, clips, n_per_clip) -> None:
         if isinstance(e.runner, FasterWhisperEngine):
             samples[e.key]["peak"]["e2e"] = e.runner.peak_rss_during(
                 lambda: e.runner.matched_e2e(clips[0].audio, n_per_clip[0]))
+
+
+def _speculative(cfg: BenchConfig, entries: list[Entry], clips: list) -> dict:
+    """Base as target with each draft, on the end-to-end clips (benchmarks/speculative_bench.py)."""
+    from benchmarks.speculative_bench import default_drafts, measure
+    from mlx_bald.hub import resolve_model
+    from mlx_bald.paths import cache_dir
+
+    base = next(e for e in entries if e.key == "base")
+    drafts = default_drafts(base.folder, cache_dir() / "bench", cfg.quick)
+    for item in cfg.drafts:
+        label, _, path = item.rpartition("=")
+        drafts[label or Path(path).name] = resolve_model(path, "mlx")
+    _say(cfg, f"speculative decoding: {len(drafts)} drafts on {len(clips)} clips")
+    return measure(base.folder, drafts, clips, base.runner.dtype, repeats=1 if cfg.quick else cfg.repeats,
+                   chip=cfg.chip, sample_len=16 if cfg.quick else None, log=lambda m: _say(cfg, m))
 
 
 def _med(xs: list[float]) -> float | None:

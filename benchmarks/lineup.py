@@ -31,6 +31,8 @@ class BenchConfig:
     chip: str = "M1"
     faster_whisper: bool = True
     mlx_whisper: bool = True
+    drafts: list[str] = field(default_factory=list)  # extra drafts for speculative rows, "label=path" allowed
+    speculative: bool = True
     log: bool = True
 
 
@@ -100,6 +102,11 @@ def build_entries(cfg: BenchConfig, skipped: list[dict]) -> list[Entry]:
     kind = "random weights (quick mode)" if cfg.quick else "real OpenAI weights"
     out = [entry("base", "base (mlx-bald)", "mlx-bald", base, w_base,
                  f"Whisper-base, {kind}, in mlx-bald's modules")]
+    head = shortlist_head(cfg.quick)
+    out.append(entry("base+shortlist", f"base + shortlist {head.rank}:{head.top} (mlx-bald)", "mlx-bald",
+                     variants.cached_shortlist(base, head, root), w_base,
+                     f"Whisper-base, {kind}, with the shortlist output head (R={head.rank}, N={head.top}; "
+                     f"no training)"))
     for name, recipe in recipes.items():
         folder = variants.cached_variant(base, name, recipe, root)
         out.append(entry(name, f"{name} (untrained)", "mlx-bald", folder, "untrained",
@@ -130,6 +137,14 @@ def build_entries(cfg: BenchConfig, skipped: list[dict]) -> list[Entry]:
     elif cfg.quick:
         skipped.append({"model": "faster-whisper base", "reason": "not run in --quick mode"})
     return out
+
+
+def shortlist_head(quick: bool):
+    """The head the bench measures: the converter's default (a small one on quick's tiny model)."""
+    from converters.shortlist_head import DEFAULT_RANK, DEFAULT_TOP
+    from mlx_bald.spec import ShortlistHead
+
+    return ShortlistHead(rank=16, top=64) if quick else ShortlistHead(DEFAULT_RANK, DEFAULT_TOP)
 
 
 def _variant_about(recipe: tuple) -> str:

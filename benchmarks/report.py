@@ -94,6 +94,10 @@ def markdown(r: dict, png_name: str = "pareto.png") -> str:
     L += ["Headlines:", ""] + [f"- {h}" for h in headlines(r)] + [""]
     L += ["Models:", ""] + [f"- **{m['label']}**: {m.get('about', '')}." for m in m_all] + [""]
 
+    if r.get("speculative"):
+        from benchmarks.speculative_bench import markdown as speculative_markdown
+        L += speculative_markdown(r["speculative"])
+
     L += [f"## The paper's table, measured here (batch {max(pr['batches'])}, {pr['tokens']} tokens)", ""]
     L += [f"| Model | weights | params (M) | on disk (MB) | decoder tok/s | speed-up vs base | paper tok/s (M1 Air) "
           f"| paper speed-up | WER % ({first_set}) | paper WER % (Bambara) |",

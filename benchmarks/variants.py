@@ -177,6 +177,20 @@ def cached_variant(base_folder: Path, name: str, recipe: tuple, root: Path) -> P
     return out
 
 
+def cached_shortlist(folder: Path, head, root: Path) -> Path:
+    """``folder`` + a shortlist head (converters/shortlist_head.py) under ``root``, built once."""
+    from converters.shortlist_head import add_shortlist_head
+
+    stat = (Path(folder) / "weights.safetensors").stat()
+    key = hashlib.sha1(json.dumps([str(Path(folder).resolve()), stat.st_size, stat.st_mtime_ns,
+                                   head.rank, head.top]).encode()).hexdigest()[:10]
+    stem = Path(folder).parent.name if Path(folder).name == "mlx" else Path(folder).name
+    out = root / f"{stem}-shortlist{head.rank}_{head.top}-{key}"
+    if not (out / "weights.safetensors").exists():
+        add_shortlist_head(folder, out, head)
+    return out
+
+
 QUICK_DIMS = dict(n_mels=80, n_audio_ctx=1500, n_audio_state=64, n_audio_head=2, n_audio_layer=2,
                   n_vocab=51865, n_text_ctx=448, n_text_state=64, n_text_head=2, n_text_layer=2)
 
@@ -213,5 +227,5 @@ def dims_of(folder: Path) -> dict:
     return {k: config[k] for k in QUICK_DIMS}
 
 
-__all__ = ["RECIPES", "QUICK_RECIPES", "build_variant", "cached_variant", "random_stock_folder",
+__all__ = ["RECIPES", "QUICK_RECIPES", "build_variant", "cached_variant", "cached_shortlist", "random_stock_folder",
            "merge_decoder_pairs", "factor_embedding", "product_twin", "spec_of", "dims_of"]

@@ -22,7 +22,8 @@ WINDOW_SECONDS = 30.0
 FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # mlx-whisper's transcribe defaults
 # the mlx-whisper decoding options transcribe_many takes (the others need the one-by-one decoder)
 OPTIONS = ("language", "task", "temperature", "initial_prompt", "compression_ratio_threshold",
-           "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty")
+           "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty",
+           "draft_model")
 
 
 @dataclass(frozen=True)
@@ -66,13 +67,14 @@ def transcribe_many(audios: Sequence[np.ndarray], model=None, batch_size: int = 
                     compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, initial_prompt: str | None = None,
                     on_segment: Callable[[int, dict], None] | None = None,
-                    dtype: mx.Dtype | None = None) -> list[dict]:
+                    dtype: mx.Dtype | None = None, draft_model: str | None = None) -> list[dict]:
     """mlx-whisper-shaped results (text, segments, language), one per input.
 
     ``audios``: 16 kHz mono float32 arrays. ``spans``: the chunks to decode (e.g. from
     ``mlx_bald.vad.speech_spans``), each at most 30 s; default: 30 s windows of every input.
     ``on_segment(item, segment)`` is called as each chunk's segment is ready (input order
-    within an item), for streaming."""
+    within an item), for streaming. ``draft_model``: speculative decoding, which applies to
+    batches of one chunk (``batch_size=1``); larger batches decode without it (said once)."""
     from mlx_whisper.decoding import DecodingOptions
 
     from mlx_bald.transcribe import default_dtype, get_model
@@ -80,7 +82,7 @@ def transcribe_many(audios: Sequence[np.ndarray], model=None, batch_size: int = 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, not {batch_size}")
     dtype = dtype or default_dtype()
-    m = get_model(model, dtype)
+    m = get_model(model, dtype, draft=draft_model)
     if not m.is_multilingual:
         language = "en"  # an English-only model has no language tokens to detect
     if spans is None:

@@ -46,6 +46,7 @@ class EvalResult:
     audio_seconds: float
     wall_seconds: float
     rows: list[dict] = field(default_factory=list)
+    draft: dict | None = None  # speculative decoding: the draft and its acceptance
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,10 +58,12 @@ DECODES = ("greedy", "fallback", "beam")
 def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None = None,
              progress: bool = True, language: str | None = None, decode: str = "greedy",
              audio_column: str | None = None, text_column: str | None = None,
-             beam_size: int = 5) -> EvalResult:
+             beam_size: int = 5, draft_model: str | None = None) -> EvalResult:
     """Corpus WER of ``model`` on ``set_spec`` (any ``load_set`` spec). ``language``, ``audio_column``
     and ``text_column`` go to ``load_set``: they describe a user's manifest or dataset.
-    ``decode="beam"``: beam search of ``beam_size`` at temperature 0 (openai-whisper's semantics)."""
+    ``decode="beam"``: beam search of ``beam_size`` at temperature 0 (openai-whisper's semantics).
+    ``draft_model``: speculative decoding with that draft (mlx engine; the hypotheses are the
+    model's own), its acceptance reported in ``draft``."""
     from tqdm import tqdm
 
     from mlx_bald.data import load_set
@@ -76,6 +79,8 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         raise MlxBaldError(f"limit must be at least 1 clip, not {limit}")
     if decode == "beam" and beam_size < 1:
         raise MlxBaldError(f"beam_size must be at least 1, not {beam_size}")
+    if draft_model is not None and engine != "mlx":
+        raise MlxBaldError("--draft-model is for the mlx engine")
     fallback = decode == "fallback"
     beams = beam_size if decode == "beam" else None
     clips = load_set(set_spec, audio_column=audio_column, text_column=text_column, language=language)
@@ -92,7 +97,8 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
 
         from mlx_bald.transcribe import get_model, transcribe
 
-        m = get_model(model)
+        m = get_model(model, draft=draft_model)
+        stats_before = m.stats.to_dict() if draft_model else None
         if not m.is_multilingual and lang != "en":
             from mlx_bald.errors import MlxBaldError
             raise MlxBaldError(f"{model} is English-only; it cannot be evaluated on {lang!r}")
@@ -102,7 +108,7 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
             mx.random.seed(0)
             options = {} if fallback else {"temperature": 0.0, "beam_size": beams}
             return transcribe(clip.audio, model, language=lang if m.is_multilingual else None,
-                              condition_on_previous_text=False, **options)["text"]
+                              condition_on_previous_text=False, draft_model=draft_model, **options)["text"]
     elif engine == "torch":
         from mlx_bald.torch_ref import transcribe_torch
 
@@ -116,7 +122,16 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         rows.append({"id": clip.id, "reference": clip.text, "hypothesis": run(clip).strip(),
                      "seconds": round(clip.seconds, 3)})
     wall = time.perf_counter() - t0
+    draft = None
+    if engine == "mlx" and draft_model is not None:  # this run's share of the pair's counters
+        now = m.stats.to_dict()
+        draft = {k: now[k] - stats_before[k] for k in ("proposed", "accepted", "rejected", "target_passes",
+                                                       "tokens", "windows")}
+        checked = draft["accepted"] + draft["rejected"]
+        draft["acceptance"] = draft["accepted"] / draft["proposed"] if draft["proposed"] else None
+        draft["per_token"] = draft["accepted"] / checked if checked else None
+        draft["model"] = str(draft_model)
     wer, norm = corpus_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], lang)
     return EvalResult(model=str(model), set=set_spec, engine=engine, decode=f"beam{beam_size}" if beams else decode, normalizer=norm,
                       wer=round(wer, 2), n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),
-                      wall_seconds=round(wall, 2), rows=rows)
+                      wall_seconds=round(wall, 2), rows=rows, draft=draft)

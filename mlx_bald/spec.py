@@ -73,6 +73,21 @@ class FFNRank:
 
 
 @dataclass
+class ShortlistHead:
+    """Exact-where-it-matters output head (after SVD-softmax): every text token's logit is
+    previewed at ``rank`` through the SVD of the tied embedding's text rows; the ``top``
+    best previews, and every special and timestamp token, are rescored with the full rows.
+    The embedding itself stays full (it also embeds the input tokens)."""
+
+    rank: int
+    top: int
+
+    def validate(self) -> None:
+        if self.rank <= 0 or self.top <= 0:
+            raise SpecError(f"shortlist head: rank and top must be positive, not {self.rank}, {self.top}")
+
+
+@dataclass
 class Quantization:
     bits: int
     group_size: int = 64
@@ -86,6 +101,7 @@ class CompressionSpec:
     attention: dict[str, AttentionRank] = field(default_factory=dict)
     ffn: dict[str, FFNRank] = field(default_factory=dict)
     quantization: Quantization | None = None
+    head: ShortlistHead | None = None  # None: the tied embedding's full product
     recipe: list[str] = field(default_factory=list)  # e.g. ["bald", "adaptwin"]
     notes: dict[str, Any] = field(default_factory=dict)  # provenance: teacher, data, seed
     version: int = SPEC_VERSION
@@ -103,7 +119,7 @@ class CompressionSpec:
     @property
     def is_identity(self) -> bool:
         return not (self.decoder_merge or self.embedding_rank or self.encoder_pruned
-                    or self.attention or self.ffn or self.quantization)
+                    or self.attention or self.ffn or self.quantization or self.head)
 
     def validate(self, n_audio_layer: int | None = None, n_text_layer: int | None = None,
                  d_model: int | None = None) -> None:
@@ -129,6 +145,14 @@ class CompressionSpec:
         for key, f in self.ffn.items():
             if not _valid_key(key, ("mlp",)):
                 raise SpecError(f"bad ffn key {key!r}")
+        if self.head is not None:
+            self.head.validate()
+            if self.embedding_rank:
+                raise SpecError("a shortlist head needs the full tied embedding; this spec factors it "
+                                f"(embedding_rank {self.embedding_rank})")
+            if self.quantization is not None:
+                raise SpecError("a shortlist head rescores with the float embedding rows; it cannot "
+                                "be combined with quantization")
         if self.quantization is not None and self.quantization.bits not in QUANT_BITS:
             raise SpecError(f"quantization bits {self.quantization.bits} not supported")
 
@@ -144,7 +168,7 @@ class CompressionSpec:
             version = int(d.get("version", SPEC_VERSION))
             if version > SPEC_VERSION:
                 raise SpecError(f"spec version {version} is newer than this mlx-bald ({SPEC_VERSION})")
-            q = d.get("quantization")
+            q, head = d.get("quantization"), d.get("head")
             return cls(
                 decoder_merge=[MergeGroup(**g) for g in d.get("decoder_merge", [])],
                 embedding_rank=d.get("embedding_rank"),
@@ -152,6 +176,7 @@ class CompressionSpec:
                 attention={k: AttentionRank(**v) for k, v in d.get("attention", {}).items()},
                 ffn={k: FFNRank(**v) for k, v in d.get("ffn", {}).items()},
                 quantization=Quantization(**q) if q else None,
+                head=ShortlistHead(**head) if head else None,
                 recipe=list(d.get("recipe", [])),
                 notes=dict(d.get("notes", {})),
                 version=version,

@@ -15,6 +15,7 @@ from mlx_bald.audio import load_audio
 from mlx_bald.hub import resolve_model
 
 _models: dict[str, Any] = {}
+_pairs: dict[tuple[str, str], Any] = {}  # (target key, draft key) -> SpeculativeWhisper
 _lock = threading.Lock()
 
 
@@ -23,17 +24,33 @@ def default_dtype() -> mx.Dtype:
     return mx.float16 if (mx.metal.is_available() or mx.cuda.is_available()) else mx.float32
 
 
-def get_model(name_or_path: str | Path | None = None, dtype: mx.Dtype | None = None):
-    """Resolve and load a model once; later calls return the same object."""
+def _key(name_or_path, dtype: mx.Dtype) -> tuple[str, Path]:
+    folder = resolve_model(name_or_path, "mlx")
+    return f"{folder.resolve()}|{dtype}", folder
+
+
+def get_model(name_or_path: str | Path | None = None, dtype: mx.Dtype | None = None,
+              draft: str | Path | None = None):
+    """Resolve and load a model once; later calls return the same object. With ``draft``
+    (a model with the same tokenizer): the model wrapped for speculative decoding
+    (``mlx_bald.speculative``; same output, the draft's stats in ``.stats``)."""
     from mlx_bald.load import load_model
 
-    folder = resolve_model(name_or_path, "mlx")
     dtype = dtype or default_dtype()
-    key = f"{folder.resolve()}|{dtype}"
+    key, folder = _key(name_or_path, dtype)
     with _lock:
         if key not in _models:
             _models[key] = load_model(folder, dtype=dtype)
-        return _models[key]
+        model = _models[key]
+    if draft is None:
+        return model
+    draft_model = get_model(draft, dtype)
+    pair = (key, _key(draft, dtype)[0])
+    with _lock:
+        if pair not in _pairs:
+            from mlx_bald.speculative import SpeculativeWhisper
+            _pairs[pair] = SpeculativeWhisper(model, draft_model)
+        return _pairs[pair]
 
 
 def transcribe(audio: str | Path | bytes | np.ndarray, model: str | Path | None = None,
@@ -42,13 +59,15 @@ def transcribe(audio: str | Path | bytes | np.ndarray, model: str | Path | None 
 
     ``audio``: a path, file bytes, or 16 kHz mono float32 samples. ``options`` are
     mlx_whisper.transcribe's (language, task, temperature, word_timestamps, initial_prompt,
-    verbose, ...). Returns mlx-whisper's result dict (text, segments, language)."""
+    verbose, ...), plus ``draft_model``: a cheaper model with the same tokenizer for speculative
+    decoding (same result, fewer target passes). Returns mlx-whisper's result dict (text,
+    segments, language)."""
     import mlx_whisper
     from mlx_whisper.transcribe import ModelHolder
 
     samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     dtype = options.pop("dtype", None) or default_dtype()
-    m = get_model(model, dtype)
+    m = get_model(model, dtype, draft=options.pop("draft_model", None))
     options.setdefault("fp16", dtype == mx.float16)
     key = f"mlx-bald:{id(m)}"
     with _lock:  # mlx-whisper keeps one global model slot: hand it ours, no reload, no fork

@@ -14,6 +14,11 @@ def num_languages(n_vocab: int) -> int:
     return n_vocab - 51765 - int(is_multilingual(n_vocab))
 
 
+def first_special(n_vocab: int) -> int:
+    """Id of end-of-text: every id from here on is a special or timestamp token."""
+    return 50257 if is_multilingual(n_vocab) else 50256
+
+
 @lru_cache(maxsize=8)
 def tokenizer_for(n_vocab: int, language: str | None = None, task: str | None = None):
     """mlx-whisper's tokenizer (tiktoken; no MLX import) for a model with ``n_vocab`` tokens."""

@@ -113,7 +113,7 @@ def test_bench_quick_writes_json_markdown_and_plot(tmp_path):
     for key in ("cpu", "cores", "mlx", "mlx_device", "blas"):
         assert r["machine"][key]
     keys = [m["key"] for m in r["models"]]
-    assert keys[:4] == ["base", "merged3", "bald", "bald+twins32"] and "mlx-whisper base" in keys
+    assert keys[:5] == ["base", "base+shortlist", "merged3", "bald", "bald+twins32"] and "mlx-whisper base" in keys
     for m in r["models"]:
         assert m["params"] > 0 and m["disk_bytes"] > 0 and m["encoder_ms"] > 0
         for b in r["protocol"]["batches"]:
@@ -128,8 +128,16 @@ def test_bench_quick_writes_json_markdown_and_plot(tmp_path):
     # the compressed shapes really are smaller
     params = {m["key"]: m["params"] for m in r["models"]}
     assert params["bald+twins32"] < params["bald"] < params["merged3"] < params["base"]
+    # speculative rows: base as target, drafts on a real clip, the target's output unchanged
+    spec = r["speculative"]
+    assert spec["clips"] == 1 and spec["tokens"] > 0 and len(spec["drafts"]) == 2
+    for d in spec["drafts"].values():
+        assert d["identical"] is True and d["shares_encoder"] is True and d["tok_s_b1"] > 0
+        assert d["acceptance"] is not None and 0 <= d["per_token"] <= 1
+        assert d["cost_model"]["draft_over_target"] < 1
     md = (out / "bench.md").read_text()
     assert "QUICK MODE" in md and "| bald (untrained) |" in md and "pareto.png" in md
+    assert "## Speculative decoding" in md and "| base + shortlist 16:64 | yes |" in md
     png = (out / "pareto.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", png[16:24])
@@ -163,3 +171,28 @@ def test_bench_quick_with_a_trained_folder_reports_its_wer(tmp_path):
     t = mine["transcribe"]["librivox"]
     assert t["n_clips"] == 1 and t["wer"] >= 0 and t["normalizer"] == "whisper-english"
     assert "| mine (trained) |" in (out / "bench.md").read_text()
+
+
+def test_cost_model_counts_a_shortlist_head_and_predicts_speculative_decoding(tmp_path):
+    from mlx.utils import tree_flatten
+
+    from benchmarks import cost_model
+    from benchmarks.variants import QUICK_DIMS, cached_shortlist, dims_of, random_stock_folder, spec_of
+    from mlx_bald.load import load_model
+    from mlx_bald.spec import ShortlistHead
+
+    base = random_stock_folder(tmp_path / "base", {**QUICK_DIMS, "n_audio_ctx": 8, "n_text_ctx": 16, "n_mels": 4})
+    folder = cached_shortlist(base, ShortlistHead(rank=8, top=32), tmp_path)
+    assert cached_shortlist(base, ShortlistHead(rank=8, top=32), tmp_path) == folder  # built once
+    n_params = sum(v.size for k, v in tree_flatten(load_model(folder).parameters()) if k != "alignment_heads")
+    c, c_base = cost_model.cost(dims_of(folder), spec_of(folder)), cost_model.cost(dims_of(base))
+    assert c.params == n_params
+    assert c.decoder_weight_bytes < c_base.decoder_weight_bytes  # the head reads far less than V x d
+
+    # a perfect free draft gives k + 1 tokens per target pass; a useless one costs its steps
+    assert cost_model.speculative_speedup(1.0, 0.0, 4) == pytest.approx(5.0)
+    assert cost_model.speculative_speedup(0.0, 0.5, 4) == pytest.approx(1 / 3)
+    need_cheap, need_dear = cost_model.acceptance_needed(1.8, 0.1), cost_model.acceptance_needed(1.8, 0.3)
+    assert 0 < need_cheap < need_dear < 1
+    assert cost_model.best_speedup(need_dear, 0.3)[0] == pytest.approx(1.8, abs=1e-6)
+    assert cost_model.acceptance_needed(1.8, 0.9) is None  # a draft that costs 0.9 of a step cannot

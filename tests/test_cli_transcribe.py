@@ -9,6 +9,7 @@ import os
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -53,7 +54,9 @@ def fake(monkeypatch):
 
     t = FakeTranscriber()
     monkeypatch.setattr(mlx_bald.transcribe, "transcribe", t)
-    monkeypatch.setattr(mlx_bald.transcribe, "get_model", lambda *a, **k: None)
+    from mlx_bald.speculative import DraftStats
+
+    monkeypatch.setattr(mlx_bald.transcribe, "get_model", lambda *a, **k: SimpleNamespace(stats=DraftStats()))
     monkeypatch.setattr(mlx_bald.hub, "resolve_model", lambda name, fmt="mlx": Path(f"/models/{name}"))
     return t
 
@@ -147,7 +150,9 @@ def test_options_reach_mlx_whisper(fake, tmp_path):
           "--temperature-increment-on-fallback", "0.4", "--condition-on-previous-text", "False"])
     main(["transcribe", src, "--language", "cs", "--temperature-increment-on-fallback", "None"])
     main(["transcribe", src, "--beam-size", "5", "--patience", "2", "--length-penalty", "0.6"])
-    first, second, third = fake.calls
+    main(["transcribe", src, "--draft-model", "small"])
+    first, second, third, fourth = fake.calls
+    assert first["draft_model"] is None and fourth["draft_model"] == str(Path("/models/small"))
     assert first["beam_size"] is None and second["patience"] is None
     assert (third["beam_size"], third["patience"], third["length_penalty"]) == (5, 2.0, 0.6)
     assert first["language"] == "en" and first["task"] == "translate"
@@ -268,6 +273,18 @@ def test_example_prints_just_the_transcript():
     assert len(lines) == 1
     assert _norm(lines[0]) == _norm(example_clip().text)
     assert "1/1 files transcribed" in proc.stderr
+
+
+@pytest.mark.slow
+def test_example_with_a_draft_model_prints_the_same_transcript(tmp_path):
+    """Speculative decoding from the command line: tiny.en drafted by tiny.en + a shortlist head."""
+    draft = tmp_path / "tiny-shortlist"
+    assert run_cli("convert", "whisper-tiny.en", "--out", str(draft), "--head", "shortlist:32:256").returncode == 0
+    plain = run_cli("transcribe", "--example", "--model", "whisper-tiny.en")
+    drafted = run_cli("transcribe", "--example", "--model", "whisper-tiny.en", "--draft-model", str(draft))
+    assert drafted.returncode == 0, drafted.stderr
+    assert drafted.stdout == plain.stdout
+    assert "draft acceptance" in drafted.stderr and "target passes" in drafted.stderr
 
 
 @pytest.mark.slow

@@ -153,6 +153,16 @@ def test_serve_refuses_a_model_that_cannot_load(tmp_path, capsys, preload):
     assert "weights.safetensors" in err and "serving on" not in err and "Traceback" not in err
 
 
+@pytest.mark.slow
+def test_serve_refuses_a_draft_with_another_tokenizer_at_start_up(capsys):
+    """`serve --draft-model`: a draft that cannot draft for the model stops start-up (exit 2)."""
+    from mlx_bald.cli.main import main
+
+    assert main(["serve", "--model", "whisper-base", "--draft-model", "whisper-tiny.en", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "vocabulary" in err and "serving on" not in err and "Traceback" not in err
+
+
 def test_no_log_noise_from_malformed_bodies_or_idle_keep_alive(capfd, monkeypatch):
     """Issue #18: python-multipart's "Expected boundary character 45" warning and "Request timed
     out" after a normal keep-alive request were printed to the server's stderr."""
@@ -220,14 +230,14 @@ def test_form_fields_map_to_options_and_targets(fake_server):
 
 
 def test_serve_decode_options_reach_every_request(capsys):
-    """`serve --beam-size 5 --length-penalty 0.6`: every request decodes with them."""
+    """`serve --beam-size 5 --length-penalty 0.6` (or --draft-model): every request decodes with them."""
     from mlx_bald.cli.main import main
 
     assert main(["serve", "--model", "whisper-base", "--patience", "2", "--port", "0"]) == 2
     assert "--patience needs --beam-size" in capsys.readouterr().err
     fake = Fake()
     srv = make_server({"tiny": "T"}, port=0, transcriber=fake, quiet=True,
-                      decode={"beam_size": 5, "length_penalty": 0.6})
+                      decode={"beam_size": 5, "length_penalty": 0.6, "draft_model": "/d"})
     start_in_thread(srv)
     try:
         assert transcribe_req(srv, {"model": "tiny", "response_format": "srt"})[0] == 200
@@ -235,6 +245,7 @@ def test_serve_decode_options_reach_every_request(capsys):
         srv.shutdown()
         srv.server_close()
     assert fake.calls[0][2]["beam_size"] == 5 and fake.calls[0][2]["length_penalty"] == 0.6
+    assert fake.calls[0][2]["draft_model"] == "/d"
 
 
 @pytest.mark.parametrize("model", ["TARGET-A", "/tmp", "../tiny", "whisper-base", "Tiny"])

@@ -11,11 +11,12 @@ def register(sub) -> argparse.ArgumentParser:
         "bench", help="speed (and WER of real-weight models) of stock and compressed Whisper",
         description="One run, all models alternating: stock base and tiny.en and compressed shapes "
                     "(3 merged decoder layers, + rank-96 embedding, + rank-32 product-twin attention) "
-                    "in mlx-bald's modules, stock base through mlx-whisper itself and faster-whisper "
+                    "in mlx-bald's modules, base with the shortlist output head, stock base through mlx-whisper itself and faster-whisper "
                     "(if installed). Decoder tokens/s at batch 1 and 10 with 256 generated tokens, "
                     "encoder ms, end-to-end RTF, peak memory, WER on real sets, an analytic cost model. "
                     "The compressed shapes carry UNTRAINED weights: speed only; pass trained folders "
-                    "with --model for their WER. Writes bench.json, bench.md and pareto.png.")
+                    "with --model for their WER. Speculative decoding: base as target with each draft on real "
+                    "clips (acceptance, tokens/s, identical output). Writes bench.json, bench.md and pareto.png.")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: benchmarks/results, or ./bench-quick with --quick)")
     p.add_argument("--quick", action="store_true",
@@ -23,6 +24,10 @@ def register(sub) -> argparse.ArgumentParser:
                         "(seconds; numbers mean nothing)")
     p.add_argument("--model", dest="trained", action="append", default=[], metavar="[LABEL=]FOLDER",
                    help="a trained (compressed) model folder or name to include, with its WER; repeatable")
+    p.add_argument("--draft-model", dest="drafts", action="append", default=[], metavar="[LABEL=]MODEL",
+                   help="also measure speculative decoding of base with this draft (same tokenizer); "
+                        "repeatable. Always measured: base + shortlist head, merged layers + shortlist head")
+    p.add_argument("--no-speculative", action="store_true", help="leave out the speculative-decoding rows")
     p.add_argument("--tokens", type=int, default=256, help="generated tokens per sequence (default 256)")
     p.add_argument("--batches", default="1,10", help="decoder batch sizes (default 1,10)")
     p.add_argument("--repeats", type=int, default=2,
@@ -70,7 +75,8 @@ def run(args) -> int:
                       batches=batches, repeats=1 if args.quick else args.repeats,
                       e2e_repeats=args.e2e_repeats, mlx_whisper_repeats=args.mlx_whisper_repeats, sets=tuple(s for s in args.sets.split(",") if s),
                       set_limit=args.set_limit, chip=args.chip,
-                      faster_whisper=not args.no_faster_whisper, mlx_whisper=not args.no_mlx_whisper)
+                      faster_whisper=not args.no_faster_whisper, mlx_whisper=not args.no_mlx_whisper,
+                      drafts=args.drafts, speculative=not args.no_speculative)
     result = run_bench(cfg)
     paths = write_outputs(result, out)
     print((out / "bench.md").read_text())

@@ -25,6 +25,12 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="stored float type (default float16; MLX casts at load)")
+    p.add_argument("--head", default=None, metavar="shortlist[:R:N]",
+                   help="add an exact shortlist output head (no training): logits previewed at rank R "
+                        "through the SVD of the tied embedding, the top N and every special/timestamp "
+                        "token rescored with full rows (default R, N: the smallest measured to keep "
+                        "greedy transcripts identical; see README). CHECKPOINT may then also be an MLX "
+                        "folder or a model name such as whisper-base; the embedding must be full")
     return p
 
 
@@ -34,13 +40,25 @@ def run(args) -> int:
     from mlx_bald.hub import resolve_model
     from mlx_bald.paths import models_dir
 
-    src = Path(args.checkpoint)
-    if not src.exists():
-        src = resolve_model(args.checkpoint, "hf")
     if args.out is None and args.name is None:
         raise MlxBaldError("say where to write: --out DIR and/or --name NAME")
     out = Path(args.out) if args.out else models_dir() / args.name / "mlx"
-    convert_checkpoint(src, out, args.quantize, args.group_size, args.dtype)
+    if args.head is not None:
+        from converters.shortlist_head import add_shortlist_head, parse_head
+
+        try:
+            head = parse_head(args.head)
+        except ValueError as e:
+            raise MlxBaldError(str(e)) from None
+        if args.quantize:
+            raise MlxBaldError("--head and --quantize do not combine: the head rescores with float rows")
+        src = resolve_model(args.checkpoint, "mlx")  # a name, an MLX folder or a transformers folder
+        add_shortlist_head(src, out, head)
+    else:
+        src = Path(args.checkpoint)
+        if not src.exists():
+            src = resolve_model(args.checkpoint, "hf")
+        convert_checkpoint(src, out, args.quantize, args.group_size, args.dtype)
     if args.name and args.out:  # also register under the name
         import shutil
         shutil.copytree(out, models_dir() / args.name / "mlx", dirs_exist_ok=True)

@@ -1,4 +1,4 @@
-"""Command-line options shared by the commands that decode (transcribe, eval, serve)."""
+"""Command-line options shared by the commands that decode (transcribe, eval, serve, bench)."""
 from __future__ import annotations
 
 import argparse
@@ -42,3 +42,14 @@ def beam_options(args) -> dict:
         raise MlxBaldError("--length-penalty must be between 0 and 1")
     return {k: v for k, v in (("beam_size", args.beam_size), ("patience", args.patience),
                               ("length_penalty", args.length_penalty)) if v is not None}
+
+
+DRAFT_HELP = ("speculative decoding: this cheaper model (same tokenizer; e.g. a compressed student, a "
+              "shortlist-head folder, whisper-base with merged layers) proposes tokens that the model "
+              "checks several at a time. Greedy output is identical to the model alone; sampling "
+              "fallback, beam search and batches of several windows decode without the draft (said once)")
+
+
+def add_draft_arg(p) -> None:
+    """--draft-model NAME (one definition for transcribe, eval, serve)."""
+    p.add_argument("--draft-model", default=None, metavar="MODEL", help=DRAFT_HELP)

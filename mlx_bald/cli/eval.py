@@ -6,7 +6,7 @@ import json
 import sys
 
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
-from mlx_bald.cli.decode_args import positive_int
+from mlx_bald.cli.decode_args import add_draft_arg, positive_int
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -28,6 +28,7 @@ def register(sub) -> argparse.ArgumentParser:
                         "temperatures 0.2..1.0, seeded; mlx-whisper's thresholds for mlx, transformers' "
                         "for torch)")
     p.add_argument("--beam-size", type=positive_int, default=5, help="beams of --decode beam (default 5)")
+    add_draft_arg(p)
     p.add_argument("--limit", type=positive_int, default=None, help="first N clips only (N >= 1)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--show", action="store_true", help="also print each clip's reference and hypothesis")
@@ -41,7 +42,7 @@ def run(args) -> int:
     r = evaluate(args.model or default_model(), args.set_spec, args.engine, args.limit,
                  progress=sys.stderr.isatty(), decode=args.decode, language=args.language,
                  audio_column=args.audio_column, text_column=args.text_column,
-                 beam_size=args.beam_size)
+                 beam_size=args.beam_size, draft_model=args.draft_model)
     if args.json:
         d = r.to_dict()
         if not args.show:
@@ -56,4 +57,8 @@ def run(args) -> int:
     rtf = r.wall_seconds / r.audio_seconds if r.audio_seconds else float("nan")
     print(f"| {r.model} | {r.set} | {r.engine} | {r.decode} | {r.n_clips} | {r.audio_seconds:.1f} "
           f"| {r.wer:.2f} | {rtf:.2f} |")
+    if r.draft:
+        print(f"\ndraft {r.draft['model']}: acceptance {100 * (r.draft['acceptance'] or 0):.1f}% "
+              f"({r.draft['accepted']}/{r.draft['proposed']} proposals), {r.draft['tokens']} tokens in "
+              f"{r.draft['target_passes']} target passes")
     return 0

@@ -5,7 +5,7 @@ import argparse
 import signal
 import sys
 
-from mlx_bald.cli.decode_args import add_beam_args, beam_options
+from mlx_bald.cli.decode_args import add_beam_args, add_draft_arg, beam_options
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -30,7 +30,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--no-preload", action="store_true",
                    help="load models on first request instead of at start-up")
     p.add_argument("--quiet", action="store_true", help="do not log each request")
-    add_beam_args(p.add_argument_group("decoding of every request"))
+    group = p.add_argument_group("decoding of every request")
+    add_beam_args(group)
+    add_draft_arg(group)
     return p
 
 
@@ -53,8 +55,10 @@ def run(args) -> int:
     models = {mid: str(resolve_model(ref)) for mid, ref in specs.items()}
     from mlx_bald.load import validate_folder
 
-    for folder in models.values():  # a broken folder stops start-up (also with --no-preload)
-        validate_folder(folder)
+    if args.draft_model:
+        decode["draft_model"] = str(resolve_model(args.draft_model))
+    for folder in [*models.values(), *([decode["draft_model"]] if args.draft_model else [])]:
+        validate_folder(folder)  # a broken folder stops start-up (also with --no-preload)
     if args.host not in LOOPBACK_HOSTS:
         print(f"mlx-bald: warning: binding {args.host}: the server has no authentication and "
               f"is reachable from other machines", file=sys.stderr)
@@ -67,12 +71,14 @@ def run(args) -> int:
         raise MlxBaldError(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}") from None
 
     try:
-        _check_models(server, models, preload=not args.no_preload)
+        _check_models(server, models, preload=not args.no_preload, draft=decode.get("draft_model"))
     except MlxBaldError:
         server.server_close()
         raise
     for mid, folder in models.items():
         print(f"mlx-bald: model {mid!r}: {folder}", file=sys.stderr)
+    if args.draft_model:
+        print(f"mlx-bald: draft model for speculative decoding: {decode['draft_model']}", file=sys.stderr)
     print(f"mlx-bald: serving on {server.url} (demo page: {server.url}/, "
           f"API: {server.url}/v1/audio/transcriptions); Ctrl-C stops", file=sys.stderr, flush=True)
     def stop(signum, frame) -> None:  # SIGTERM (service managers, kill) stops like Ctrl-C
@@ -88,9 +94,10 @@ def run(args) -> int:
     return 0
 
 
-def _check_models(server, models: dict[str, str], preload: bool) -> None:
-    """Load every model on the inference thread before serving (unless not preloading); a model
-    that cannot load stops start-up with its error instead of failing every request."""
+def _check_models(server, models: dict[str, str], preload: bool, draft: str | None = None) -> None:
+    """Load every model (with the draft) on the inference thread before serving (unless not
+    preloading); a model that cannot load, or a draft that does not fit it, stops start-up with
+    its error instead of failing every request."""
     if not preload:
         return
     from mlx_bald.errors import MlxBaldError
@@ -98,7 +105,7 @@ def _check_models(server, models: dict[str, str], preload: bool) -> None:
 
     for mid, folder in models.items():
         try:
-            server.worker.call(lambda folder=folder: get_model(folder)).result()
+            server.worker.call(lambda folder=folder: get_model(folder, draft=draft)).result()
         except MlxBaldError as e:
             raise MlxBaldError(f"model {mid!r} cannot be served: {e}") from None
         except Exception as e:  # MLX or the file system: say which model, no traceback

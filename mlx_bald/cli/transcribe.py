@@ -13,7 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from mlx_bald.cli.decode_args import add_beam_args, beam_options, optional_float, positive_int
+from mlx_bald.cli.decode_args import (add_beam_args, add_draft_arg, beam_options, optional_float,
+                                      positive_int)
 
 FORMATS = ["txt", "vtt", "srt", "tsv", "json", "all"]
 _WRITER_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
@@ -73,6 +74,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that opens a chunk")
     p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
     add_beam_args(p)
+    add_draft_arg(p)
     p.add_argument("--temperature-increment-on-fallback", type=optional_float, default=0.2,
                    help="raise the temperature by this much when decoding fails (None: never)")
     p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
@@ -249,8 +251,9 @@ def run(args) -> int:
         from mlx_bald.hub import default_model
         args.model = default_model()
     model = str(resolve_model(args.model))  # an unknown model stops here, before any file
-    get_model(model)  # so does a broken one: once, not once per file
-    options = _options(args)
+    draft = str(resolve_model(args.draft_model)) if args.draft_model else None
+    decoder = get_model(model, draft=draft)  # so does a broken one (or a draft that does not fit): once
+    options = {**_options(args), "draft_model": draft}
     writer = writer_kwargs = out_dir = None
     if not to_stdout:
         out_dir = writable_dir(Path(args.output_dir or "."))  # before any decoding
@@ -288,4 +291,6 @@ def run(args) -> int:
     rtf = f"{wall / audio_seconds:.2f}" if audio_seconds else "n/a"
     print(f"mlx-bald: {done}/{len(files)} files transcribed, {audio_seconds:.1f} s of audio "
           f"in {wall:.1f} s (real-time factor {rtf}) with {args.model}", file=sys.stderr)
+    if draft:
+        print(f"mlx-bald: {decoder.stats.summary()}", file=sys.stderr)
     return 0 if done == len(files) else 1

@@ -16,6 +16,7 @@ from mlx_whisper.whisper import ModelDimensions
 
 from ..errors import ModelFormatError
 from ..fsutil import atomic_dir
+from ..vocab import first_special
 from ..spec import MLX_CONFIG_KEY, QUANT_BITS, CompressionSpec, Quantization
 
 CONFIG_FILE = "config.json"
@@ -85,6 +86,9 @@ def expected_shapes(dims: ModelDimensions, spec: CompressionSpec,
     if spec.embedding_rank:
         shapes["decoder.token_embedding.weight_a"] = (dims.n_vocab, spec.embedding_rank)
         shapes["decoder.token_embedding.weight_b"] = (spec.embedding_rank, dt)
+    if spec.head is not None:
+        shapes["decoder.head.preview_down.weight"] = (spec.head.rank, dt)
+        shapes["decoder.head.preview_up.weight"] = (first_special(dims.n_vocab), spec.head.rank)
     return shapes
 
 

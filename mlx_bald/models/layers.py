@@ -5,6 +5,7 @@
   bias folded into the out bias, so the value has none).
 - ``LowRankLinear``: ``up(down(x))`` for a low-rank FFN matrix (``mlpN.down``, ``mlpN.up``).
 - ``FactoredEmbedding``: tied embedding ``A @ B`` kept factored (``weight_a``, ``weight_b``).
+- ``ShortlistHead``: the tied logits previewed at low rank, rescored exactly where they matter.
 - ``ResidualAttentionBlock``: pre-LN block; the decoder variant has cross-attention.
 Attention itself runs through ``mlx_bald.kernels.factored_attention``.
 """
@@ -94,6 +95,29 @@ class FactoredEmbedding(nn.Module):
     def as_linear(self, h: mx.array) -> mx.array:
         # (h B^T) A^T: the vocabulary-wide product runs at rank r, not d
         return (h @ self.weight_b.T) @ self.weight_a.T
+
+
+class ShortlistHead(nn.Module):
+    """Logits of the tied embedding E (text rows first, then ``n_vocab - n_text`` specials
+    and timestamps), after SVD-softmax: text logits previewed as ``up(down(h))`` (E's rank-R
+    SVD), the ``top`` best previews and every special/timestamp token computed exactly with
+    E's rows; other text tokens keep their preview. Full-length output, so logit filters,
+    timestamp rules and fallback downstream see what they always see."""
+
+    def __init__(self, n_state: int, n_text: int, rank: int, top: int):
+        super().__init__()
+        self.preview_down = nn.Linear(n_state, rank, bias=False)  # V_R^T
+        self.preview_up = nn.Linear(rank, n_text, bias=False)     # U_R S_R of the text rows
+        self.n_text, self.top = n_text, min(top, n_text)
+
+    def __call__(self, h: mx.array, embedding: mx.array) -> mx.array:
+        """h [..., d], embedding [V, d] -> logits [..., V]."""
+        preview = self.preview_up(self.preview_down(h))
+        top = mx.argpartition(-preview, self.top - 1, axis=-1)[..., : self.top]
+        exact = (embedding[top] @ h[..., None])[..., 0]  # the shortlist's full rows, [..., top]
+        text = mx.put_along_axis(preview, top, exact.astype(preview.dtype), axis=-1)
+        special = h @ embedding[self.n_text:].T
+        return mx.concatenate([text, special], axis=-1)
 
 
 class ResidualAttentionBlock(nn.Module):

@@ -26,7 +26,7 @@ from ..decoding import decode as decode_function  # mlx-whisper's, plus beam sea
 from ..kernels import resolve_path
 from .. import vocab
 from ..spec import CompressionSpec
-from .layers import FactoredEmbedding, ResidualAttentionBlock
+from .layers import FactoredEmbedding, ResidualAttentionBlock, ShortlistHead
 
 
 def sinusoids(length: int, channels: int, max_timescale: float = 10000) -> mx.array:
@@ -100,6 +100,9 @@ class TextDecoder(nn.Module):
                                               **_block_ranks(spec, "decoder", i))
                        for i in range(dims.n_text_layer)]
         self.ln = nn.LayerNorm(n_state)
+        if spec.head is not None:
+            self.head = ShortlistHead(n_state, vocab.first_special(dims.n_vocab),
+                                      spec.head.rank, spec.head.top)
         self._compiled_step = None
         # On GPUs compiling the one-token step saves many small launches; on the CPU back-end
         # it measured no faster than eager (the step is memory-bound) and costs a g++ run.
@@ -155,8 +158,13 @@ class TextDecoder(nn.Module):
             x = x + out
             cross_qk.append(qk)
             x = x + block.mlp(x)
-        logits = self.token_embedding.as_linear(self.ln(x))
-        return logits, tuple(new_k), tuple(new_v), cross_qk
+        return self.project_logits(self.ln(x)), tuple(new_k), tuple(new_v), cross_qk
+
+    def project_logits(self, h: mx.array) -> mx.array:
+        """Final hidden states -> logits over the vocabulary (tied embedding, or its shortlist head)."""
+        if "head" in self:
+            return self.head(h, self.token_embedding.weight)
+        return self.token_embedding.as_linear(h)
 
     def _step(self, tokens, offset, self_k, self_v, cross_k, cross_v):
         logits, new_k, new_v, _ = self._run(tokens, offset, self_k, self_v, cross_k, cross_v)

@@ -32,7 +32,8 @@ CHIPS: dict[str, tuple[float, float]] = {
 class Cost:
     params: int                    # all parameters
     decoder_weight_bytes: float    # weights read per decode step
-    kv_bytes_per_seq: float        # cache bytes read per step per sequence (at mean position)
+    kv_bytes_per_seq: float        # cache bytes read per step per sequence (at mean position), plus
+                                   # a shortlist head's gathered embedding rows
     decoder_flops_per_token: float
     encoder_weight_bytes: float
     encoder_flops: float           # per 30 s window
@@ -94,12 +95,14 @@ def cost(dims: dict, spec: CompressionSpec | None = None, bytes_per_weight: floa
     r = spec.embedding_rank
     emb = v * r + r * d if r else v * d
     head = emb                                        # the tied projection read per step
+    rows_per_seq = 0                                  # shortlist rows: each sequence gathers its own
     if spec.head is not None:  # shortlist: rank-R preview of the text rows + N and specials exact
         n_text = first_special(v)
         preview = spec.head.rank * (n_text + d)
-        head = preview + (min(spec.head.top, n_text) + v - n_text) * d
+        rows_per_seq = min(spec.head.top, n_text) * d
+        head = preview + (v - n_text) * d
         params += preview
-    logits_flops = 2.0 * head
+    logits_flops = 2.0 * (head + rows_per_seq)
     dec_w += head + 2 * d                             # logits + final LayerNorm
     params += emb + dims["n_text_ctx"] * d + 2 * d
     dec_flops += 2.0 * (dec_w - head) + logits_flops  # every weight: one multiply-add per token
@@ -115,7 +118,8 @@ def cost(dims: dict, spec: CompressionSpec | None = None, bytes_per_weight: floa
         enc_flops += 2.0 * s * (attn_w + mlp) + 2.0 * s * s * (qk + vo)
     params += enc_w
     return Cost(params=int(params), decoder_weight_bytes=dec_w * bytes_per_weight,
-                kv_bytes_per_seq=kv * bytes_per_act, decoder_flops_per_token=dec_flops,
+                kv_bytes_per_seq=kv * bytes_per_act + rows_per_seq * bytes_per_weight,
+                decoder_flops_per_token=dec_flops,
                 encoder_weight_bytes=enc_w * bytes_per_weight, encoder_flops=enc_flops,
                 logits_flops_per_token=logits_flops)
 

@@ -42,7 +42,9 @@ def _paths(model, clips, language: str):
         result = model.decode(mel, options)
         task = DecodingTask(model, options)
         initial = list(task.initial_tokens)
-        path = initial + list(result.tokens) + [task.tokenizer.eot]
+        # end-of-text was chosen unless decoding stopped at the length limit (a loop)
+        ended = [task.tokenizer.eot] if len(result.tokens) < task.sample_len else []
+        path = initial + list(result.tokens) + ended
         captured = []
         original = dec.project_logits
         dec.project_logits = lambda h: captured.append(h) or original(h)
@@ -133,6 +135,8 @@ def main(argv=None) -> int:
     p.add_argument("--sets", default="librivox,asterisk-en:test,fillets-cs:test")
     p.add_argument("--limit", type=int, default=None, help="first N clips of each set")
     p.add_argument("--out", type=Path, default=RESULTS / "shortlist_study.json")
+    p.add_argument("--speeds-only", action="store_true",
+                   help="re-measure only the tokens/s of an earlier --out (e.g. on a quiet machine)")
     args = p.parse_args(argv)
 
     from mlx_bald.data import load_set
@@ -143,8 +147,10 @@ def main(argv=None) -> int:
     embedding = np.array(model.decoder.token_embedding.weight, dtype=np.float64)
     n_text = first_special(model.dims.n_vocab)
     result = {"model": args.model, "ranks": list(RANKS), "tops": list(TOPS), "sets": {}}
-    first_clip = None
-    for name in args.sets.split(","):
+    if args.speeds_only:
+        result = json.loads(args.out.read_text())
+    first_clip = load_set(args.sets.split(",")[0])[0] if args.speeds_only else None
+    for name in [] if args.speeds_only else args.sets.split(","):
         clips = load_set(name)[: args.limit]
         first_clip = first_clip or clips[0]
         t0 = time.perf_counter()

@@ -170,12 +170,13 @@ def main(argv=None) -> int:
                                             "sets: acceptance, decoder tokens/s at batch 1, identical output.")
     p.add_argument("--sets", default="librivox,asterisk-en:test,fillets-cs:test")
     p.add_argument("--draft-model", dest="drafts", action="append", default=[], metavar="[LABEL=]MODEL",
-                   help="more drafts besides base + shortlist and merged3 + shortlist")
+                   help="drafts to measure (repeatable; default: base + shortlist head and merged3 + "
+                        "shortlist head at the converter's default R, N)")
     p.add_argument("--limit", type=int, default=None, help="first N clips of each set")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "speculative.json")
     args = p.parse_args(argv)
     base = resolve_model("whisper-base", "mlx")
-    drafts = default_drafts(base, cache_dir() / "bench", quick=False)
+    drafts = {} if args.drafts else default_drafts(base, cache_dir() / "bench", quick=False)
     for item in args.drafts:
         label, _, path = item.rpartition("=")
         drafts[label or Path(path).name] = resolve_model(path, "mlx")

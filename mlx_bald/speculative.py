@@ -135,16 +135,12 @@ class SpeculativeDecodingTask(DecodingTask):
         self._mel = mel
         return super()._get_audio_features(mel)
 
-    def _pick(self, logits: mx.array, context: list[int], logprob: bool = True) -> tuple[int, float]:
-        """Greedy choice after the logit filters, and its log-prob (as GreedyDecoder)."""
+    def _choose(self, logits: mx.array, context: list[int]) -> tuple[mx.array, mx.array]:
+        """Greedy choice after the logit filters and its log-prob (as GreedyDecoder), lazily."""
         for f in self.logit_filters:
             logits = f.apply(logits, mx.array([context]))
-        token = mx.argmax(logits, axis=-1)
-        if not logprob:
-            return int(token.item()), 0.0
-        lp = logits[0, token[0]] - mx.logsumexp(logits[0])
-        mx.eval(token, lp)
-        return int(token.item()), float(lp.item())
+        token = mx.argmax(logits[0])
+        return token, logits[0, token] - mx.logsumexp(logits[0])
 
     def _main_loop(self, audio_features: mx.array, tokens: mx.array):
         spec, draft, eot = self.spec, self.spec.draft, self.tokenizer.eot
@@ -160,8 +156,9 @@ class SpeculativeDecodingTask(DecodingTask):
             no_speech = mx.softmax(logits[:, self.sot_index], axis=-1)[:, self.tokenizer.no_speech]
         else:
             no_speech = mx.full(1, mx.nan)
-        token, sum_logprob = self._pick(logits[:, -1].astype(mx.float32), seq)
-        seq.append(token)
+        token, logprob = self._choose(logits[:, -1].astype(mx.float32), seq)
+        seq.append(token.item())
+        sum_logprob = logprob.item()
         stats = spec.stats
         stats.windows += 1
         stats.target_passes += 1
@@ -174,16 +171,20 @@ class SpeculativeDecodingTask(DecodingTask):
                                                          draft_cache)
                 draft_len = len(seq)
                 while True:
-                    p, _ = self._pick(d_logits[:, -1].astype(mx.float32), seq + proposals, logprob=False)
+                    p = self._choose(d_logits[:, -1].astype(mx.float32), seq + proposals)[0].item()
                     proposals.append(p)
                     if p == eot or len(proposals) == k_now:
                         break
                     d_logits, draft_cache, _ = draft.decoder(mx.array([[p]]), draft_features, draft_cache)
                     draft_len += 1
             logits = self.inference.logits(mx.array([[seq[-1]] + proposals]), audio_features)
+            # the target's choice at every position, given that the proposals before it stand:
+            # all filtered together, one sync
+            chosen = [self._choose(logits[:, j], seq + proposals[:j]) for j in range(len(proposals) + 1)]
+            tokens_j = mx.stack([c[0] for c in chosen]).tolist()
+            logprobs_j = mx.stack([c[1] for c in chosen]).tolist()
             accepted = 0
-            for j in range(len(proposals) + 1):
-                token, logprob = self._pick(logits[:, j], seq)
+            for j, (token, logprob) in enumerate(zip(tokens_j, logprobs_j)):
                 seq.append(token)
                 sum_logprob += logprob
                 if j == len(proposals) or token != proposals[j] or token == eot:

@@ -35,8 +35,9 @@ def candidate(folder, kind: str):
 
 
 def main() -> None:
-    from mlx_whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from mlx_whisper.decoding import DecodingOptions, DecodingTask
+
+    from benchmarks.engines import window_mel
 
     from mlx_bald.data import load_set
     from mlx_bald.hub import resolve_model
@@ -48,8 +49,7 @@ def main() -> None:
     clips = load_set("librivox") + load_set("asterisk-en:test")[:20] + load_set("fillets-cs:test")[:15]
     hits, n = dict.fromkeys(drafts, 0), 0
     for clip in clips:
-        mel = log_mel_spectrogram(mx.array(clip.audio[:N_SAMPLES]), 80, padding=N_SAMPLES)
-        mel = pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2)
+        mel = window_mel(clip.audio, base.dims.n_mels)
         options = DecodingOptions(language=clip.language, temperature=0.0, fp16=False, without_timestamps=True)
         result = base.decode(mel, options)
         task = DecodingTask(base, options)

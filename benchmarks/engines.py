@@ -25,6 +25,14 @@ SAMPLE_RATE = 16_000
 WINDOW = 30 * SAMPLE_RATE
 
 
+def window_mel(audio: np.ndarray, n_mels: int) -> mx.array:
+    """Log-mel of the first 30 s window, [3000, n_mels] (as mlx-whisper's transcribe cuts it)."""
+    from mlx_whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
+
+    mel = log_mel_spectrogram(mx.array(audio[:WINDOW]), n_mels=n_mels, padding=WINDOW)
+    return pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2)
+
+
 def prompt_tokens(n_vocab: int) -> list[int]:
     """<|startoftranscript|>(<|en|><|transcribe|>)<|notimestamps|> for the model's vocabulary."""
     from mlx_bald.vocab import tokenizer_for
@@ -71,10 +79,7 @@ class MLXEngine:
     # ---- timed pieces -------------------------------------------------------------------
     def mel(self, audio: np.ndarray) -> mx.array:
         """Log-mel of the first 30 s window, [1, 3000, n_mels] (as mlx-whisper's transcribe)."""
-        from mlx_whisper.audio import N_FRAMES, log_mel_spectrogram, pad_or_trim
-
-        mel = log_mel_spectrogram(mx.array(audio[:WINDOW]), n_mels=self.dims.n_mels, padding=WINDOW)
-        return pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2)[None].astype(self.dtype)
+        return window_mel(audio, self.dims.n_mels)[None].astype(self.dtype)
 
     def encode(self, mel: mx.array) -> tuple[float, mx.array]:
         t0 = time.perf_counter()

@@ -202,15 +202,13 @@ def _e2e_rounds(cfg, entries, samples, clips, n_per_clip) -> None:
 
 def _speculative(cfg: BenchConfig, entries: list[Entry], clips: list) -> dict:
     """Base as target with each draft, on the end-to-end clips (benchmarks/speculative_bench.py)."""
+    from benchmarks.lineup import labelled_model
     from benchmarks.speculative_bench import default_drafts, measure
-    from mlx_bald.hub import resolve_model
     from mlx_bald.paths import cache_dir
 
     base = next(e for e in entries if e.key == "base")
-    drafts = default_drafts(base.folder, cache_dir() / "bench", cfg.quick)
-    for item in cfg.drafts:
-        label, _, path = item.rpartition("=")
-        drafts[label or Path(path).name] = resolve_model(path, "mlx")
+    drafts = {**default_drafts(base.folder, cache_dir() / "bench", cfg.quick),
+              **dict(labelled_model(item) for item in cfg.drafts)}
     _say(cfg, f"speculative decoding: {len(drafts)} drafts on {len(clips)} clips")
     return measure(base.folder, drafts, clips, base.runner.dtype, repeats=1 if cfg.quick else cfg.repeats,
                    chip=cfg.chip, sample_len=16 if cfg.quick else None, log=lambda m: _say(cfg, m))

@@ -115,9 +115,7 @@ def build_entries(cfg: BenchConfig, skipped: list[dict]) -> list[Entry]:
         out.append(entry("tiny.en", "tiny.en (mlx-bald)", "mlx-bald", tiny, "real",
                          "Whisper-tiny.en, real OpenAI weights, in mlx-bald's modules"))
     for item in cfg.trained:
-        label, _, path = item.rpartition("=")
-        folder = resolve_model(path, "mlx")
-        name = label or Path(path).name
+        name, folder = labelled_model(item)
         out.append(entry(f"trained:{name}", f"{name} (trained)", "mlx-bald", folder, "trained",
                          f"trained model folder {folder}, compression: {variants.spec_of(folder).recipe}"))
     if cfg.mlx_whisper:
@@ -137,6 +135,14 @@ def build_entries(cfg: BenchConfig, skipped: list[dict]) -> list[Entry]:
     elif cfg.quick:
         skipped.append({"model": "faster-whisper base", "reason": "not run in --quick mode"})
     return out
+
+
+def labelled_model(item: str) -> tuple[str, Path]:
+    """``[LABEL=]MODEL`` (--model, --draft-model) -> (label, MLX folder); label default: the name."""
+    from mlx_bald.hub import resolve_model
+
+    label, _, path = item.rpartition("=")
+    return label or Path(path).name, resolve_model(path, "mlx")
 
 
 def shortlist_head(quick: bool):

@@ -31,14 +31,14 @@ TOPS = (64, 256, 1024, 2048, 4096, 8192, 16384)
 
 def _paths(model, clips, language: str):
     """Per clip: (initial tokens, generated tokens incl. end-of-text, hidden states [T, d])."""
-    from mlx_whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from mlx_whisper.decoding import DecodingOptions, DecodingTask
+
+    from benchmarks.engines import window_mel
 
     dec, out = model.decoder, []
     options = DecodingOptions(language=language, temperature=0.0, fp16=False)
     for clip in tqdm(clips, desc="base greedy + hidden states", file=sys.stderr, unit="clip"):
-        mel = log_mel_spectrogram(mx.array(clip.audio[:N_SAMPLES]), model.dims.n_mels, padding=N_SAMPLES)
-        mel = pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2)
+        mel = window_mel(clip.audio, model.dims.n_mels)
         result = model.decode(mel, options)
         task = DecodingTask(model, options)
         initial = list(task.initial_tokens)
@@ -57,9 +57,10 @@ def _paths(model, clips, language: str):
     return out
 
 
-def agreement(paths, embedding: np.ndarray, n_text: int, ranks=RANKS, tops=TOPS) -> dict:
-    """For each (R, N): token agreement and identical-transcript counts against base."""
-    u, s, vt = np.linalg.svd(embedding[:n_text], full_matrices=False)
+def agreement(paths, embedding: np.ndarray, factors, n_text: int, ranks=RANKS, tops=TOPS) -> dict:
+    """For each (R, N): token agreement and identical-transcript counts against base.
+    ``factors``: ``shortlist_factors`` at the largest rank (a rank-r head is their first r)."""
+    down, up = factors
     configs = [(r, n) for r in ranks for n in tops] + [("full", "full")]
     agree = {c: 0 for c in configs}
     identical = {c: 0 for c in configs}
@@ -68,7 +69,7 @@ def agreement(paths, embedding: np.ndarray, n_text: int, ranks=RANKS, tops=TOPS)
         full = (hidden @ embedding.T).astype(np.float32)            # [T, V]
         rows = []
         for r in ranks:
-            preview = (hidden @ vt[:r].T) @ (u[:, :r] * s[:r]).T   # [T, n_text]
+            preview = (hidden @ down[:r].T) @ up[:, :r].T           # [T, n_text]
             for n in tops:
                 logits = full.copy()
                 top = np.argpartition(-preview, n - 1, axis=-1)[:, :n]
@@ -97,20 +98,20 @@ def agreement(paths, embedding: np.ndarray, n_text: int, ranks=RANKS, tops=TOPS)
                                  "identical_transcripts": identical[c] / len(paths)} for c in configs}}
 
 
-def speeds(model, features: mx.array, embedding: np.ndarray, n_text: int, tokens: int = 64,
+def speeds(model, features: mx.array, factors, n_text: int, tokens: int = 64,
            repeats: int = 3, ranks=RANKS, tops=TOPS) -> dict:
     """Decoder tokens/s at batch 1 for the full head and each (R, N), alternating, medians."""
     from benchmarks.engines import MLXEngine, prompt_tokens
     from mlx_bald.models.layers import ShortlistHead
 
-    u, s, vt = np.linalg.svd(embedding[:n_text], full_matrices=False)
+    down, up = factors
     dec = model.decoder
     heads = {"full": None}
     for r in ranks:
         for n in tops:
             h = ShortlistHead(model.dims.n_text_state, n_text, r, n)
-            h.preview_down.weight = mx.array(vt[:r].astype(np.float32))
-            h.preview_up.weight = mx.array((u[:, :r] * s[:r]).astype(np.float32))
+            h.preview_down.weight = mx.array(down[:r].astype(np.float32))
+            h.preview_up.weight = mx.array(up[:, :r].astype(np.float32))
             heads[f"{r}:{n}"] = h
     engine = MLXEngine.__new__(MLXEngine)  # its decode loop, on this already-loaded model
     engine.model, engine.dims = model, model.dims
@@ -139,6 +140,8 @@ def main(argv=None) -> int:
                    help="re-measure only the tokens/s of an earlier --out (e.g. on a quiet machine)")
     args = p.parse_args(argv)
 
+    from benchmarks.engines import window_mel
+    from converters.shortlist_head import shortlist_factors
     from mlx_bald.data import load_set
     from mlx_bald.transcribe import get_model
     from mlx_bald.vocab import first_special
@@ -146,6 +149,7 @@ def main(argv=None) -> int:
     model = get_model(args.model, mx.float32)
     embedding = np.array(model.decoder.token_embedding.weight, dtype=np.float64)
     n_text = first_special(model.dims.n_vocab)
+    factors = shortlist_factors(embedding, n_text, max(RANKS))
     result = {"model": args.model, "ranks": list(RANKS), "tops": list(TOPS), "sets": {}}
     if args.speeds_only:
         result = json.loads(args.out.read_text())
@@ -155,14 +159,12 @@ def main(argv=None) -> int:
         first_clip = first_clip or clips[0]
         t0 = time.perf_counter()
         paths = _paths(model, clips, clips[0].language)
-        result["sets"][name] = {**agreement(paths, embedding, n_text),
+        result["sets"][name] = {**agreement(paths, embedding, factors, n_text),
                                 "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps({name: {k: v for k, v in result["sets"][name].items() if k != "configs"}}),
               file=sys.stderr)
-    from mlx_whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
-    mel = log_mel_spectrogram(mx.array(first_clip.audio[:N_SAMPLES]), model.dims.n_mels, padding=N_SAMPLES)
-    features = model.embed_audio(pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2)[None])
-    result["tokens_per_s_b1"] = speeds(model, features, embedding, n_text)
+    features = model.embed_audio(window_mel(first_clip.audio, model.dims.n_mels)[None])
+    result["tokens_per_s_b1"] = speeds(model, features, factors, n_text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(table(result))

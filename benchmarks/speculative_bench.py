@@ -16,6 +16,7 @@ Per draft, alternating with base alone on the same clips, after a warm-up, media
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import mlx_bald  # noqa: F401  (OpenBLAS before mlx.core)
@@ -41,8 +42,9 @@ def default_drafts(base: Path, root: Path, quick: bool) -> dict[str, Path]:
 
 def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, repeats: int = 2,
             chip: str = "M1", sample_len: int | None = None, log=print, e2e: bool = True) -> dict:
-    from mlx_whisper.audio import N_FRAMES, N_SAMPLES, log_mel_spectrogram, pad_or_trim
     from mlx_whisper.decoding import DecodingOptions
+
+    from benchmarks.engines import window_mel
 
     from mlx_bald.decoding import decode
     from mlx_bald.load import load_model
@@ -53,8 +55,7 @@ def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, r
     pairs = {label: SpeculativeWhisper(target, load_model(folder, dtype=dtype)) for label, folder in drafts.items()}
     windows = []
     for clip in clips:
-        mel = log_mel_spectrogram(mx.array(clip.audio[:N_SAMPLES]), target.dims.n_mels, padding=N_SAMPLES)
-        mel = pad_or_trim(mel[:N_FRAMES], N_FRAMES, axis=-2).astype(dtype)
+        mel = window_mel(clip.audio, target.dims.n_mels).astype(dtype)
         options = DecodingOptions(language=clip.language if target.is_multilingual else None,
                                   temperature=0.0, fp16=dtype == mx.float16, sample_len=sample_len)
         features = target.embed_audio(mel[None])
@@ -72,7 +73,7 @@ def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, r
     for name, decoder in runners.items():  # warm-up
         run(decoder, *windows[0])
     base_tokens = [run(target, *w)[1] for w in windows]
-    before = {label: pair.stats.to_dict() for label, pair in pairs.items()}
+    before = {label: replace(pair.stats) for label, pair in pairs.items()}
     wall = {name: [] for name in runners}
     identical = {label: True for label in pairs}
     for r in range(repeats):
@@ -90,7 +91,7 @@ def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, r
     n_tokens = sum(len(t) + 1 for t in base_tokens)
     tok_s = {name: n_tokens / float(np.median(ts)) for name, ts in wall.items()}
 
-    e2e_s = {name: float("nan") for name in runners}  # mlx-bald's transcribe, one round, alternating
+    e2e_s = {name: 0.0 if e2e else float("nan") for name in runners}  # mlx-bald's transcribe, one round
     audio_s = sum(c.seconds for c in clips)
     for clip in clips if e2e else []:
         for name in runners:
@@ -98,7 +99,7 @@ def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, r
             transcribe(clip.audio, base, language=clip.language if target.is_multilingual else None,
                        temperature=0.0, condition_on_previous_text=False, dtype=dtype,
                        draft_model=None if name == "base" else str(drafts[name]))
-            e2e_s[name] = (0.0 if e2e_s[name] != e2e_s[name] else e2e_s[name]) + time.perf_counter() - t0
+            e2e_s[name] += time.perf_counter() - t0
 
     base_cost = cost_model.cost(variants.dims_of(base), variants.spec_of(base))
     bw, tf = cost_model.CHIPS[chip]
@@ -106,17 +107,15 @@ def measure(base: Path, drafts: dict[str, Path], clips: list, dtype: mx.Dtype, r
     out = {"target": str(base), "clips": len(clips), "tokens": n_tokens, "repeats": repeats, "chip": chip,
            "base": {"tok_s_b1": tok_s["base"], "rtf": e2e_s["base"] / audio_s}, "drafts": {}}
     for label, pair in pairs.items():
-        now = pair.stats.to_dict()
-        st = {k: now[k] - before[label][k] for k in ("proposed", "accepted", "rejected", "target_passes", "tokens")}
-        checked = st["accepted"] + st["rejected"]
-        per_token = st["accepted"] / checked if checked else 0.0
+        st = pair.stats.since(before[label])
+        per_token = st.per_token or 0.0
         c = cost_model.cost(variants.dims_of(drafts[label]), variants.spec_of(drafts[label]))
         ratio = c.decode_floor_s(1, bw, tf) / base_step
         predicted, k = cost_model.best_speedup(per_token, ratio)
         out["drafts"][label] = {
             "folder": str(drafts[label]), "shares_encoder": pair.shares_encoder,
-            "acceptance": st["accepted"] / st["proposed"] if st["proposed"] else None,
-            "per_token": per_token, "tokens_per_pass": st["tokens"] / max(1, st["target_passes"]),
+            "acceptance": st.acceptance,
+            "per_token": per_token, "tokens_per_pass": st.tokens / max(1, st.target_passes),
             "tok_s_b1": tok_s[label], "speedup_b1": tok_s[label] / tok_s["base"],
             "b10": "falls back to base (speculative decoding is per window)",
             "rtf": e2e_s[label] / audio_s, "e2e_speedup": e2e_s["base"] / e2e_s[label],
@@ -161,6 +160,7 @@ def main(argv=None) -> int:
     import json
     import sys
 
+    from benchmarks.lineup import labelled_model
     from mlx_bald.data import load_set
     from mlx_bald.hub import resolve_model
     from mlx_bald.paths import cache_dir
@@ -176,10 +176,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "speculative.json")
     args = p.parse_args(argv)
     base = resolve_model("whisper-base", "mlx")
-    drafts = {} if args.drafts else default_drafts(base, cache_dir() / "bench", quick=False)
-    for item in args.drafts:
-        label, _, path = item.rpartition("=")
-        drafts[label or Path(path).name] = resolve_model(path, "mlx")
+    drafts = (dict(labelled_model(item) for item in args.drafts) if args.drafts
+              else default_drafts(base, cache_dir() / "bench", quick=False))
     result = {}
     for name in args.sets.split(","):
         clips = load_set(name)[: args.limit]

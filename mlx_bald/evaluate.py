@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import jiwer
 
@@ -98,7 +98,7 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
         from mlx_bald.transcribe import get_model, transcribe
 
         m = get_model(model, draft=draft_model)
-        stats_before = m.stats.to_dict() if draft_model else None
+        stats_before = replace(m.stats) if draft_model else None
         if not m.is_multilingual and lang != "en":
             from mlx_bald.errors import MlxBaldError
             raise MlxBaldError(f"{model} is English-only; it cannot be evaluated on {lang!r}")
@@ -124,13 +124,7 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
     wall = time.perf_counter() - t0
     draft = None
     if engine == "mlx" and draft_model is not None:  # this run's share of the pair's counters
-        now = m.stats.to_dict()
-        draft = {k: now[k] - stats_before[k] for k in ("proposed", "accepted", "rejected", "target_passes",
-                                                       "tokens", "windows")}
-        checked = draft["accepted"] + draft["rejected"]
-        draft["acceptance"] = draft["accepted"] / draft["proposed"] if draft["proposed"] else None
-        draft["per_token"] = draft["accepted"] / checked if checked else None
-        draft["model"] = str(draft_model)
+        draft = {**m.stats.since(stats_before).to_dict(), "model": str(draft_model)}
     wer, norm = corpus_wer([r["reference"] for r in rows], [r["hypothesis"] for r in rows], lang)
     return EvalResult(model=str(model), set=set_spec, engine=engine, decode=f"beam{beam_size}" if beams else decode, normalizer=norm,
                       wer=round(wer, 2), n_clips=len(rows), audio_seconds=round(sum(r["seconds"] for r in rows), 2),

@@ -12,7 +12,7 @@ encoder: its audio features are then shared, not recomputed.
 from __future__ import annotations
 
 import sys
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 
 import mlx.core as mx
 from mlx_whisper.decoding import DecodingOptions, DecodingTask
@@ -49,6 +49,10 @@ class DraftStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "acceptance": self.acceptance, "per_token": self.per_token}
+
+    def since(self, earlier: "DraftStats") -> "DraftStats":
+        """The counts added after ``earlier`` (a copy taken with ``dataclasses.replace``)."""
+        return DraftStats(**{f.name: getattr(self, f.name) - getattr(earlier, f.name) for f in fields(self)})
 
     def summary(self) -> str:
         if not self.proposed:
@@ -137,8 +141,9 @@ class SpeculativeDecodingTask(DecodingTask):
 
     def _choose(self, logits: mx.array, context: list[int]) -> tuple[mx.array, mx.array]:
         """Greedy choice after the logit filters and its log-prob (as GreedyDecoder), lazily."""
+        tokens = mx.array([context])
         for f in self.logit_filters:
-            logits = f.apply(logits, mx.array([context]))
+            logits = f.apply(logits, tokens)
         token = mx.argmax(logits[0])
         return token, logits[0, token] - mx.logsumexp(logits[0])
 
@@ -150,6 +155,7 @@ class SpeculativeDecodingTask(DecodingTask):
             mel = self._mel.astype(mx.float16) if self.options.fp16 else self._mel
             draft_features = draft.embed_audio(mel)
         seq = tokens[0].tolist()
+        n_prompt = len(seq)
         max_len = min(len(seq) + self.sample_len, self.n_ctx + 1)
         logits = self.inference.logits(mx.array([seq]), audio_features)  # the prompt pass
         if self.tokenizer.no_speech is not None:
@@ -201,5 +207,5 @@ class SpeculativeDecodingTask(DecodingTask):
             stats.target_passes += 1
             if spec.adaptive and proposals:
                 k = min(k + 2, K_MAX) if accepted == len(proposals) else max(1, k - 1)
-        stats.tokens += len(seq) - len(tokens[0].tolist())
+        stats.tokens += len(seq) - n_prompt
         return mx.array([seq]), mx.array([sum_logprob]), no_speech

@@ -28,9 +28,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--head", default=None, metavar="shortlist[:R:N]",
                    help="add an exact shortlist output head (no training): logits previewed at rank R "
                         "through the SVD of the tied embedding, the top N and every special/timestamp "
-                        "token rescored with full rows (default R, N: the smallest measured to keep "
-                        "greedy transcripts identical; see README). CHECKPOINT may then also be an MLX "
-                        "folder or a model name such as whisper-base; the embedding must be full")
+                        "token rescored with full rows (default 256:4096: the smallest measured to keep "
+                        "every English greedy transcript, not every Czech one; see README). CHECKPOINT may "
+                        "then also be an MLX folder or a model name such as whisper-base; the embedding must be full")
     return p
 
 

@@ -69,7 +69,7 @@ def evaluate(model: str, set_spec: str, engine: str = "mlx", limit: int | None =
     from mlx_bald.data import load_set
     from mlx_bald.errors import MlxBaldError
 
-    if set_spec.startswith("tts-"):
+    if set_spec.startswith(("tts-", "synth-")):
         raise MlxBaldError(f"{set_spec!r} is synthetic speech, for training only: WER is reported on real speech")
     if set_spec.startswith("folder-"):
         raise MlxBaldError(f"{set_spec!r} is unlabelled audio, for training only: it has no references for a WER")

@@ -1,6 +1,6 @@
-"""Fetch registry packages (PyPI wheels/sdists with pip, Debian .debs with apt-get) into the
-cache and unpack them. Only the ordinary package clients are used, so whatever index or
-mirror the machine is configured for applies."""
+"""Fetch registry packages (PyPI wheels/sdists with pip, Debian .debs with apt-get, npm
+tarballs from the npm registry) into the cache and unpack them. The machine's configured
+index, mirror or registry applies."""
 from __future__ import annotations
 
 import io
@@ -115,6 +115,49 @@ def apt_fetch(package: str) -> Path:
     return final
 
 
+def _npm_registry() -> str:
+    """$NPM_CONFIG_REGISTRY, npm's configured registry when npm is installed, else npmjs.org."""
+    import os
+
+    if os.environ.get("NPM_CONFIG_REGISTRY"):
+        return os.environ["NPM_CONFIG_REGISTRY"]
+    if shutil.which("npm"):
+        got = subprocess.run(["npm", "config", "get", "registry"], capture_output=True, text=True)
+        if got.returncode == 0 and got.stdout.strip().startswith("http"):
+            return got.stdout.strip()
+    return "https://registry.npmjs.org/"
+
+
+def npm_fetch(name: str, version: str) -> Path:
+    """Download the npm package ``name@version`` (a .tgz) once, checked against the registry's
+    sha512 integrity; return its path. npm itself is not needed."""
+    import base64
+    import hashlib
+    import json
+    import urllib.request
+
+    dest = downloads_dir() / "npm"
+    final = dest / f"{name.replace('/', '+')}-{version}.tgz"
+    if final.is_file():
+        return final
+    _log(f"fetching {name}@{version} from the npm registry ...")
+    url = f"{_npm_registry().rstrip('/')}/{name.replace('/', '%2f')}/{version}"
+    try:
+        with urllib.request.urlopen(url, timeout=60) as r:
+            dist = json.loads(r.read())["dist"]
+        data = urllib.request.urlopen(dist["tarball"], timeout=600).read()
+    except (OSError, KeyError, ValueError) as e:
+        raise FetchError(f"could not download {name}@{version} from {url}: {e}") from e
+    algo, _, digest = dist.get("integrity", "").partition("-")
+    if algo != "sha512" or base64.b64encode(hashlib.sha512(data).digest()).decode() != digest:
+        raise FetchError(f"{name}@{version}: the tarball does not match the registry's integrity")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_suffix(".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(final)
+    return final
+
+
 def check_debian_language(what: str, prefix: str, lang: str, suffix: str = "") -> None:
     """Refuse a language for which Debian has no ``{prefix}{lang}{suffix}`` package, naming the
     languages it has (apt's package lists; without apt, apt_fetch's own message applies)."""
@@ -155,8 +198,9 @@ def extract_deb(deb: Path, out: Path, members_prefix: str = "") -> None:
         pos += 60 + size + (size % 2)
         if name.startswith("data.tar"):
             with tarfile.open(fileobj=io.BytesIO(body), mode="r:*") as tar:
-                members = [m for m in tar.getmembers()
-                           if m.isfile() and m.name.lstrip("./").startswith(members_prefix)]
+                # symlinks too: a shared library is found by its soname link (libflite.so.1)
+                members = [m for m in tar.getmembers() if (m.isfile() or m.issym())
+                           and m.name.lstrip("./").startswith(members_prefix)]
                 tar.extractall(out, members=members, filter="data")
             return
     raise FetchError(f"{deb}: no data archive inside")

@@ -1,8 +1,9 @@
 """Speech sets by one spec string (``load_set``).
 
 Built in: ``librivox``, ``fillets-<lang>[:split]`` and ``asterisk-<lang>[:split]``, real speech;
-``tts-en[:split]``, synthetic English for distillation only; ``folder-<lang>:PATH``, a user's own
-unlabelled audio, for training only. A user's labelled data: a manifest (``.jsonl``/``.csv``), an
+``tts-en[:split]`` and ``synth-en:N`` (N 30 s windows of several voices and registers),
+synthetic English for distillation only; ``pack:SPEC``, any set's short clips packed into 30 s
+windows; ``folder-<lang>:PATH``, a user's own unlabelled audio, for training only. A user's labelled data: a manifest (``.jsonl``/``.csv``), an
 audiofolder (``PATH[:split]``), a ``save_to_disk`` folder (``PATH[:split]``) or a hub dataset
 (``hf:NAME[:CONFIG]:SPLIT``)."""
 from __future__ import annotations
@@ -15,8 +16,9 @@ from mlx_bald.errors import MlxBaldError
 
 SET_FORMS = ("librivox, fillets-<lang>[:train|dev|test], asterisk-<lang>[:train|dev|test], a manifest "
              "(PATH.jsonl or PATH.csv), an audiofolder or save_to_disk folder (PATH[:split]), "
-             "hf:NAME[:CONFIG]:SPLIT (Hugging Face hub, needs internet), tts-en[:split] (synthetic, "
-             "for training) or folder-<lang>:PATH (your unlabelled audio, for training)")
+             "hf:NAME[:CONFIG]:SPLIT (Hugging Face hub, needs internet), tts-en[:split] or synth-en:N "
+             "(synthetic, for training), pack:SPEC (SPEC's clips packed into 30 s windows) or "
+             "folder-<lang>:PATH (your unlabelled audio, for training)")
 
 
 def load_set(spec: str, *, audio_column: str | None = None, text_column: str | None = None,
@@ -30,7 +32,17 @@ def load_set(spec: str, *, audio_column: str | None = None, text_column: str | N
         from mlx_bald.data.hf import load_hub
 
         return load_hub(spec.removeprefix("hf:"), columns)
+    if spec.startswith("pack:"):  # training windows of short clips
+        from mlx_bald.data.windows import load_packed
+
+        return load_packed(spec.removeprefix("pack:"))
     name, _, split = spec.partition(":")
+    if name == "synth-en":
+        from mlx_bald.data.windows import load_synth
+
+        if not split.isdigit():
+            raise MlxBaldError(f"synth-en needs a window count: synth-en:N (e.g. synth-en:1000), not {spec!r}")
+        return load_synth(int(split))
     if name == "librivox":
         from mlx_bald.data.librivox import load_librivox
 
@@ -54,6 +66,13 @@ def load_set(spec: str, *, audio_column: str | None = None, text_column: str | N
 
         return load_folder(name.removeprefix("folder-"), split)
     return _load_path(spec, columns)
+
+
+def cache_key(spec: str) -> str:
+    """The name under which a set's per-clip caches (encoder states, pseudo-labels) are kept:
+    the spec itself, except that ``synth-en:N`` for every N shares ``synth-en`` (window i is the
+    same window in every N)."""
+    return "synth-en" if spec.partition(":")[0] == "synth-en" else spec
 
 
 def _load_path(spec: str, columns: Columns) -> list[Clip]:
@@ -80,4 +99,4 @@ def _load_path(spec: str, columns: Columns) -> list[Clip]:
                        "for unlabelled audio use folder-<lang>:PATH")
 
 
-__all__ = ["Clip", "Columns", "load_set"]
+__all__ = ["Clip", "Columns", "cache_key", "load_set"]

@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlx_bald.compress.train.data import features, set_subset, subset
+from mlx_bald.compress.train.data import counted, features, set_subset, subset
 from mlx_bald.compress.train.hardware import (barrier, check_precision, init_from_env, is_main, main_first,
                                               resolve_device)
 from mlx_bald.compress.train.layer_cache import (HiddenStates, LayerTrainConfig, pack_windows,
@@ -197,13 +197,16 @@ class EncoderRun(RecipeRun):
         """Windows of ``audio_clips`` clips of each of the sets ``names``, ids prefixed by the set name."""
         from mlx_bald.compress.train.layer_cache import Window
 
+        from mlx_bald.data import cache_key
+
         o, out = self.o, []
-        for name in names:
-            clips = set_subset(name, o.audio_clips, o.seed)
+        for entry in names:  # SPEC, SPEC@N or SPEC@all (compress.train.data.counted)
+            name, n = counted(entry, o.audio_clips)
+            clips, key = set_subset(name, n, o.seed), cache_key(name)
             if o.pack_seconds:
-                out += [Window(f"{name}/{w.id}", w.clips) for w in pack_windows(clips, o.seed, tuple(o.pack_seconds))]
+                out += [Window(f"{key}/{w.id}", w.clips) for w in pack_windows(clips, o.seed, tuple(o.pack_seconds))]
             else:
-                out += [Window(f"{name}/{c.id}", [c]) for c in clips]
+                out += [Window(f"{key}/{c.id}", [c]) for c in clips]
         return out
 
     def layer_cfg(self, epochs: int) -> LayerTrainConfig:

@@ -2,9 +2,7 @@
 sequences in Whisper's prompt format, cached encoder states, shuffled padded batches."""
 from __future__ import annotations
 
-import hashlib
 import random
-import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -13,7 +11,7 @@ import numpy as np
 import torch
 
 from mlx_bald.data.clips import Clip
-from mlx_bald.paths import cache_dir
+from mlx_bald.paths import cache_dir, cache_name
 from mlx_bald.vocab import is_multilingual, tokenizer_for
 
 BASE_VOCAB = 51865  # whisper-base's; pass a model's config.vocab_size for any other Whisper
@@ -42,24 +40,16 @@ def tokenizer(vocab: int = BASE_VOCAB):
 def token_sequence(text: str, language: str | None, vocab: int = BASE_VOCAB,
                    max_tokens: int = 120) -> tuple[list[int], int]:
     """([sot, lang, transcribe, notimestamps] + text + [eot], prompt length) in the tokens of a
-    model with ``vocab`` tokens. Long texts are cut (the eot is kept) so a batch stays small on CPU."""
+    model with ``vocab`` tokens. Long texts are cut so a batch stays small on CPU; a cut text has
+    no eot (the model must not learn to stop where the speech goes on)."""
     tok = tokenizer(vocab)
     multilingual = is_multilingual(vocab)
     prompt = list(tok.sot_sequence_including_notimestamps) if multilingual else [tok.sot, tok.no_timestamps]
     if multilingual and language:
         prompt = [tok.sot, tok.to_language_token(language), tok.transcribe, tok.no_timestamps]
-    body = tok.encode(" " + text.strip())[: max_tokens - len(prompt) - 1]
-    return prompt + body + [tok.eot], len(prompt)
-
-
-def cache_name(spec: str) -> str:
-    """A folder name for a set or model spec: a built-in name as it is (fillets-cs:train ->
-    fillets-cs-train); a user's path or hub id a readable tail plus a hash of the whole spec, so
-    two specs never share a folder and a path never escapes the cache."""
-    if re.fullmatch(r"[A-Za-z0-9._-]+(:[a-z]+)?", spec) and not spec.startswith("."):
-        return spec.replace(":", "-")
-    tail = re.sub(r"[^A-Za-z0-9._-]+", "-", spec.rstrip("/").split("/")[-1])[-40:].strip("-.")
-    return f"{tail or 'set'}-{hashlib.sha1(spec.encode()).hexdigest()[:10]}"
+    body = tok.encode(" " + text.strip())
+    room = max_tokens - len(prompt) - 1
+    return prompt + (body + [tok.eot] if len(body) <= room else body[:room + 1]), len(prompt)
 
 
 def encoder_cache_dir(model_name: str, set_name: str) -> Path:
@@ -204,11 +194,20 @@ def subset(clips: list[Clip], n: int | None, seed: int = 0) -> list[Clip]:
     return shuffled[:n]
 
 
+def counted(entry: str, default: int | None) -> tuple[str, int | None]:
+    """An audio-set entry of the recipes: ``SPEC@N`` -> (SPEC, N clips), ``SPEC@all`` ->
+    (SPEC, None = every clip), ``SPEC`` -> (SPEC, default)."""
+    spec, at, count = entry.rpartition("@")
+    if not at or not (count.isdigit() or count == "all"):
+        return entry, default
+    return spec, None if count == "all" else int(count)
+
+
 def set_subset(name: str, n: int | None, seed: int = 0) -> list[Clip]:
-    """``subset`` of the set ``name`` with each clip id prefixed by the set name, so clips of
-    several sets can share one id space (fillets languages share level/line ids)."""
+    """``subset`` of the set ``name`` with each clip id prefixed by the set's cache key, so clips
+    of several sets can share one id space (fillets languages share level/line ids)."""
     from dataclasses import replace
 
-    from mlx_bald.data import load_set
+    from mlx_bald.data import cache_key, load_set
 
-    return [replace(c, id=f"{name}/{c.id}") for c in subset(load_set(name), n, seed)]
+    return [replace(c, id=f"{cache_key(name)}/{c.id}") for c in subset(load_set(name), n, seed)]

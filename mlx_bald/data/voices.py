@@ -1,7 +1,8 @@
 """Three families of English speech synthesis, each from a registry, no system install:
 espeak-ng (formant; PyPI ``espeakng-loader``), Flite (CMU's unit/clustergen voices; Debian
-``flite``) and Festival (diphone and HTS voices; Debian ``festival`` + ``festvox-*``). Debian
-binaries are unpacked into the cache and run with their own library path.
+``flite``) and Festival (diphone and HTS voices; Debian ``festival`` + ``festvox-*``). On
+x86-64 Linux the Debian binaries are unpacked into the cache and run with their own library
+path; elsewhere (a Mac) the system's own ``flite`` and ``festival`` are used when installed.
 
 Every voice is deterministic: the same text, voice and stretch give the same samples.
 """
@@ -42,19 +43,35 @@ class Voice:
         return f"{self.family}/{self.name}@{self.stretch}"
 
 
-def _unpacked(name: str, packages: tuple[str, ...]) -> Path:
-    """The Debian packages unpacked under ``<cache>/data/voices/<name>`` (once)."""
+def _debian_usable() -> bool:
+    import platform
+    import shutil
+    import sys
+
+    return sys.platform == "linux" and platform.machine() == "x86_64" and shutil.which("apt-get") is not None
+
+
+def _tool(name: str, packages: tuple[str, ...]) -> tuple[Path, dict[str, str], Path | None]:
+    """(binary, environment, Debian root or None) of ``name``: the Debian packages unpacked under
+    ``<cache>/data/voices/<name>`` on x86-64 Linux, else the system's own (e.g. Homebrew's)."""
+    import shutil
+
+    if not _debian_usable():
+        found = shutil.which(name)
+        if not found:
+            raise MlxBaldError(f"synthetic English needs {name} on this machine (e.g. `brew install {name}`), "
+                               f"or use an x86-64 Linux machine, where it comes from Debian")
+        return Path(found), dict(os.environ), None
     root = data_dir() / "voices" / name
-    if (root / "usr").is_dir():
-        return root
-    with atomic_dir(root, overwrite=True) as tmp:
-        for package in packages:
-            extract_deb(apt_fetch(package), tmp, "usr/")
-    return root
-
-
-def _run(cmd: list[str], root: Path, what: str) -> None:
+    if not (root / "usr").is_dir():
+        with atomic_dir(root, overwrite=True) as tmp:
+            for package in packages:
+                extract_deb(apt_fetch(package), tmp, "usr/")
     env = dict(os.environ, LD_LIBRARY_PATH=str(root / "usr/lib/x86_64-linux-gnu"))
+    return root / "usr/bin" / name, env, root
+
+
+def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise MlxBaldError(f"{what} failed (rc {proc.returncode}): {(proc.stderr or proc.stdout).strip()[-400:]}")
@@ -70,12 +87,12 @@ def _read(path: Path) -> np.ndarray:
 
 
 def _flite(texts: list[str], voice: Voice, tmp: Path) -> list[np.ndarray]:
-    root = _unpacked("flite", FLITE_PACKAGES)
+    flite, env, _ = _tool("flite", FLITE_PACKAGES)
     out = []
     for k, text in enumerate(texts):
         wav = tmp / f"{k}.wav"
-        _run([str(root / "usr/bin/flite"), "-voice", voice.name, "--setf", f"duration_stretch={voice.stretch}",
-              "-t", text, "-o", str(wav)], root, f"flite ({voice})")
+        _run([str(flite), "-voice", voice.name, "--setf", f"duration_stretch={voice.stretch}",
+              "-t", text, "-o", str(wav)], env, f"flite ({voice})")
         out.append(_read(wav))
     return out
 
@@ -105,14 +122,13 @@ def _scheme_string(text: str) -> str:
 
 def _festival(texts: list[str], voice: Voice, tmp: Path) -> list[np.ndarray]:
     """One Festival process per call: its start-up (loading the voice) costs more than a sentence."""
-    root = _unpacked("festival", FESTIVAL_PACKAGES)
-    lib = root / "usr/share/festival"
+    festival, env, root = _tool("festival", FESTIVAL_PACKAGES)
     script = [f"(voice_{voice.name})", f"(Parameter.set 'Duration_Stretch {voice.stretch})"]
     script += [f"(utt.save.wave (utt.synth (Utterance Text {_scheme_string(t)})) {_scheme_string(str(tmp / f'{k}.wav'))} 'riff)"
                for k, t in enumerate(texts)]
     (tmp / "say.scm").write_text("\n".join(script) + "\n")
-    _run([str(root / "usr/bin/festival"), "--libdir", str(lib), "--datadir", str(lib), "-b", str(tmp / "say.scm")],
-         root, f"festival ({voice})")
+    lib = [] if root is None else ["--libdir", str(root / "usr/share/festival"), "--datadir", str(root / "usr/share/festival")]
+    _run([str(festival), *lib, "-b", str(tmp / "say.scm")], env, f"festival ({voice})")
     return [_read(tmp / f"{k}.wav") for k in range(len(texts))]
 
 

@@ -5,8 +5,9 @@ A rung of N windows: 15% Czech clips (``fillets-cs:train``), 10% Dutch (``fillet
 every packed window of the real Asterisk English train split (``pack:asterisk-en:train``) and
 the rest synthetic English (``synth-en``: windows 0..k-1, so rungs are nested). Targets are
 base's own greedy transcripts; teacher = base. Two shapes per rung:
-- ``bald``: 3 merged decoder layers + rank-96 embedding (its ``merged`` row is the "3 merged +
-  shortlist head" student: the shortlist head is exact decoding added at convert time);
+- ``bald``: 3 merged decoder layers + rank-96 embedding; its ``merged`` stage is the "3 merged
+  layers" row, the student that ``mlx-bald convert --head shortlist`` gives a shortlist head
+  (a convert-time head, exact where its shortlist holds; the row is decoded with the full head);
 - ``emb256``: no merge, rank-256 embedding.
 
     python -m benchmarks.general_ladder --rungs 250,1000 --out runs/ladder
@@ -64,7 +65,7 @@ def collect(out: Path, rungs: list[int]) -> list[dict]:
             common = {"rung": n, "windows": windows, "peak_rss_gib": rep["peak_rss_gib"],
                       "wall_minutes": round(rep["wall_seconds_this_session"] / 60, 1)}
             if shape == "bald":
-                rows.append({**common, "student": "3 merged + shortlist head", **_wers(table["merged"]),
+                rows.append({**common, "student": "3 merged layers", **_wers(table["merged"]),
                              "params": table["merged"]["params"],
                              "train_minutes": round(rep["merged"].get("train_seconds", 0) / 60, 1)})
                 final = table["merged+lowrank-embedding"]
@@ -114,9 +115,13 @@ def report(rows: list[dict]) -> dict:
         for col in SETS:
             f = fit([(r["windows"], r[col]) for r in rows if r["student"] == student])
             n = needed(f, limits[col])
-            fits[f"{student} | {col}"] = {"fit": f, "limit": round(limits[col], 2),
+            fits[key(student, col)] = {"fit": f, "limit": round(limits[col], 2),
                                           "windows_needed": None if n is None else round(n)}
     return {"rows": rows, "limits": {k: round(v, 2) for k, v in limits.items()}, "fits": fits}
+
+
+def key(student: str, col: str) -> str:
+    return f"{student} / {SETS[col]}"
 
 
 def write(result: dict, name: str) -> None:
@@ -131,8 +136,9 @@ def write(result: dict, name: str) -> None:
     lines += ["", "| student, set | fit WER = a N^-b | target | windows the fit needs |", "|---|---|---:|---:|"]
     for k, v in result["fits"].items():
         f = v["fit"]
-        lines.append(f"| {k} | " + (f"a={f['a']}, b={f['b']}" if f else "-") + f" | {v['limit']} | "
-                     + (f"{v['windows_needed']:,}" if v["windows_needed"] is not None else "never (no fall)") + " |")
+        needs = (f"{v['windows_needed']:,}" if v["windows_needed"] is not None
+                 else "never (the fit does not fall)" if f else "- (one rung: no fit)")
+        lines.append(f"| {k} | " + (f"a={f['a']}, b={f['b']}" if f else "-") + f" | {v['limit']} | {needs} |")
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     plot(result, RESULTS / f"{name}.png")
 
@@ -149,7 +155,7 @@ def plot(result: dict, path: Path) -> None:
         for student in dict.fromkeys(r["student"] for r in rows if r["student"] != "whisper-base"):
             pts = sorted((r["windows"], r[col]) for r in rows if r["student"] == student)
             line, = ax.plot(*zip(*pts), "o", label=student)
-            f = result["fits"][f"{student} | {col}"]["fit"]
+            f = result["fits"][key(student, col)]["fit"]
             if f:
                 hi = max(pts[-1][0] * 64, 10 ** 5)
                 xs = [pts[0][0] * (hi / pts[0][0]) ** (k / 50) for k in range(51)]

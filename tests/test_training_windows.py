@@ -173,6 +173,6 @@ def test_ladder_fit_recovers_a_power_law_and_writes_table_and_plot(tmp_path, mon
     result = ladder.report(ladder.collect(tmp_path, [250, 1000]))
     ladder.write(result, "ladder")
     assert (tmp_path / "results/ladder.png").stat().st_size > 10_000
-    fitted = result["fits"]["rank-256 embedding | wer_librivox"]
+    fitted = result["fits"]["rank-256 embedding / LibriVox"]
     assert fitted["limit"] == 4.41 and fitted["windows_needed"] > 1000
     assert "| 1000 | 1000 | rank-256 embedding |" in (tmp_path / "results/ladder.md").read_text()

@@ -176,3 +176,17 @@ def test_ladder_fit_recovers_a_power_law_and_writes_table_and_plot(tmp_path, mon
     fitted = result["fits"]["rank-256 embedding / LibriVox"]
     assert fitted["limit"] == 4.41 and fitted["windows_needed"] > 1000
     assert "| 1000 | 1000 | rank-256 embedding |" in (tmp_path / "results/ladder.md").read_text()
+
+
+def test_fetch_builds_a_packed_set_now(tmp_path, monkeypatch, capsys):
+    from mlx_bald.cli.main import main
+
+    monkeypatch.setattr(windows, "data_dir", lambda: tmp_path / "cache")
+    for k in range(4):
+        _clip(tmp_path, f"f{k}", 3)
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f"f{k}.wav", "text": f"line {k}", "language": "en"}) + "\n"
+                                for k in range(4)))
+    assert main(["fetch", f"pack:{manifest}"]) == 0
+    out = capsys.readouterr().out
+    assert f"pack:{manifest}:" in out and str(tmp_path / "cache" / "packed") in out

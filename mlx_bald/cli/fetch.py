@@ -12,7 +12,8 @@ def register(sub) -> argparse.ArgumentParser:
                                    "runs work offline. Prints the paths.")
     p.add_argument("items", nargs="+", metavar="ITEM",
                    help="model name (whisper-base, whisper-tiny.en) or set (librivox, fillets-<lang>, "
-                        "asterisk-<lang> with lang en, es, fr or ru)")
+                        "asterisk-<lang> with lang en, es, fr or ru; synth-en:N builds N synthetic English "
+                        "training windows, pack:SET packs SET's clips into 30 s windows)")
     p.add_argument("--format", choices=["mlx", "hf", "both"], default="both",
                    help="model folder formats to prepare (default: both)")
     return p
@@ -23,7 +24,7 @@ def run(args) -> int:
     from mlx_bald.hub import resolve_model
 
     for item in args.items:
-        if item == "librivox" or item.startswith(("fillets-", "asterisk-")):
+        if item == "librivox" or item.startswith(("fillets-", "asterisk-", "synth-en:", "pack:")):
             clips = load_set(item)
             where = os.path.commonpath([c.path for c in clips]) if clips else "?"
             print(f"{item}: {len(clips)} clips in {where}")

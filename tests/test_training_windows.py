@@ -84,6 +84,10 @@ def test_synthetic_windows_are_nested_and_rebuilt_bit_for_bit(tmp_path, monkeypa
     for c in three:
         assert 1 < c.seconds <= windows.WINDOW_S and c.text and c.language == "en"
         c.path.unlink()
+    windows.load_synth(3, progress=False)  # a lost wav is rendered again from its plan
+    assert [c.path.is_file() for c in three] == [True] * 3
+    for c in three:
+        c.path.unlink()
     (tmp_path / "synth-en/seed-0/manifest.jsonl").unlink()
     windows.load_synth(3, progress=False)  # from the seed alone
     again = [json.loads(line) for line in (tmp_path / "synth-en/seed-0/manifest.jsonl").read_text().splitlines()]

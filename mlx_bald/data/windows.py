@@ -106,8 +106,8 @@ def plan_synth(i: int, pool: dict[str, list[list[str]]], seed: int = SEED) -> di
 
 def render_synth(plan: dict) -> tuple[np.ndarray, list[str]]:
     """The window's PCM16 samples and the sentences that fit in WINDOW_S (the plan's estimate
-    may overshoot: sentences are dropped from the end; a first sentence that is too long alone
-    is cut, and the row says so by its text)."""
+    may overshoot: sentences are dropped from the end). A first sentence longer than a window
+    alone leaves the window empty (no samples, no texts)."""
     from mlx_bald.data.voices import Voice, speak
 
     voice = Voice(*plan["voice_parts"])
@@ -122,7 +122,8 @@ def render_synth(plan: dict) -> tuple[np.ndarray, list[str]]:
 
 
 def load_synth(n: int, seed: int = SEED, progress: bool = True) -> list[Clip]:
-    """The first ``n`` synthetic English windows (made on first use; resumable)."""
+    """The first ``n`` synthetic English windows, made on first use: windows not in the
+    manifest yet, or whose wav is gone, are rendered from the seed (resumable)."""
     from tqdm.auto import tqdm
 
     from mlx_bald.data.prose import load_sentences
@@ -132,19 +133,19 @@ def load_synth(n: int, seed: int = SEED, progress: bool = True) -> list[Clip]:
     root = synth_dir(seed)
     manifest = root / "manifest.jsonl"
     rows = _read_manifest(manifest)
-    if len(rows) < n:
+    todo = [i for i in range(n) if i >= len(rows) or (rows[i]["sha1"] and not (root / rows[i]["audio"]).is_file())]
+    if todo:
         pool = load_sentences()
         root.mkdir(parents=True, exist_ok=True)
-        for i in tqdm(range(len(rows), n), desc="synthetic English windows", disable=not progress):
+        for k, i in enumerate(tqdm(todo, desc="synthetic English windows", disable=not progress)):
             plan = plan_synth(i, pool, seed)
             pcm, texts = render_synth(plan)
-            if not texts:  # kept as a row, so that row i is window i
-                rows.append({**plan, "text": "", "sha1": None})
-            else:
-                sha1 = _write(root / plan["audio"], pcm)
-                rows.append({**plan, "texts": texts, "sentences": plan["sentences"][:len(texts)],
-                             "text": " ".join(texts), "seconds": round(len(pcm) / RATE, 3), "sha1": sha1})
-            if len(rows) % 25 == 0 or len(rows) == n:
+            row = {**plan, "text": "", "sha1": None}  # an empty window keeps its row: row i is window i
+            if texts:
+                row = {**plan, "texts": texts, "sentences": plan["sentences"][:len(texts)], "text": " ".join(texts),
+                       "seconds": round(len(pcm) / RATE, 3), "sha1": _write(root / plan["audio"], pcm)}
+            rows[i:i + 1] = [row]
+            if k % 25 == 24 or k == len(todo) - 1:
                 _write_manifest(manifest, rows)
     return _clips(root, [r for r in rows[:n] if r["sha1"]])
 

@@ -46,6 +46,8 @@ def command(n: int, shape: str, out: Path, a: argparse.Namespace) -> list[str]:
            "--out", str(out / f"r{n}-{shape}"), "--name", f"ladder-r{n}-{shape}", "--max-train-clips", str(cs),
            "--extra-audio", f"fillets-nl:train@{nl},{ASTERISK_WINDOWS},synth-en:{synth}@all",
            "--dev-clips", str(a.dev_clips), "--device", a.device, *SHAPES[shape]]
+    if not a.precompute:  # the same training without the cross-attention K/V and target caches on disk
+        cmd.append("--no-precompute")
     if shape == "bald":
         return cmd + ["--merge-steps", str(a.merge_steps), "--embed-steps", str(a.embed_steps)]
     return cmd + ["--embed-steps", str(a.steps256)]
@@ -178,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embed-steps", type=int, default=150)
     p.add_argument("--steps256", type=int, default=200, help="steps of the rank-256 embedding-only student")
     p.add_argument("--dev-clips", type=int, default=48)
+    p.add_argument("--no-precompute", dest="precompute", action="store_false",
+                   help="train without the on-disk K/V and target caches (a 1,000-window rank-256 rung needs "
+                        "~20 GB of them)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (a GPU runs the largest rung)")
     p.add_argument("--name", default="general_ladder", help="results file name under benchmarks/results")
     p.add_argument("--report-only", action="store_true", help="collect the finished runs: table, fit, plot")

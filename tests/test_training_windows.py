@@ -102,6 +102,17 @@ def _clip(tmp_path, name: str, seconds: float, lang: str = "en") -> Clip:
     return Clip(id=name, path=path, text=f"say {name}", language=lang)
 
 
+def _clip_manifest(tmp_path, prefix: str, n: int, seconds: float, text: str):
+    """``set.jsonl`` listing ``n`` English clips of ``seconds`` each (written once)."""
+    for k in range(n):
+        if not (tmp_path / f"{prefix}{k}.wav").is_file():
+            _clip(tmp_path, f"{prefix}{k}", seconds)
+    manifest = tmp_path / "set.jsonl"
+    manifest.write_text("".join(json.dumps({"audio": f"{prefix}{k}.wav", "text": f"{text} {k}", "language": "en"}) + "\n"
+                                for k in range(n)))
+    return manifest
+
+
 def test_packing_fills_windows_with_every_clip_once_one_language_each(tmp_path):
     clips = [_clip(tmp_path, f"c{k}", 1 + k % 7, "en" if k % 3 else "cs") for k in range(40)]
     clips.append(_clip(tmp_path, "too-long", 31))
@@ -121,15 +132,10 @@ def test_packed_set_through_load_set_writes_its_windows_and_follows_a_changed_se
     from mlx_bald.data import load_set
 
     monkeypatch.setattr(windows, "data_dir", lambda: tmp_path / "cache")
-    for k in range(6):
-        _clip(tmp_path, f"p{k}", 4)
-    manifest = tmp_path / "set.jsonl"
-    manifest.write_text("".join(json.dumps({"audio": f"p{k}.wav", "text": f"prompt {k}", "language": "en"}) + "\n"
-                                for k in range(6)))
+    manifest = _clip_manifest(tmp_path, "p", 6, 4, "prompt")
     packed = load_set(f"pack:{manifest}")
     assert sum(len(c.audio) for c in packed) > 6 * 4 * 16_000 and len(packed) < 6
-    manifest.write_text("".join(json.dumps({"audio": f"p{k}.wav", "text": f"prompt {k}", "language": "en"}) + "\n"
-                                for k in range(3)))
+    _clip_manifest(tmp_path, "p", 3, 4, "prompt")
     assert " ".join(c.text for c in load_set(f"pack:{manifest}")).count("prompt") == 3
 
 
@@ -186,11 +192,7 @@ def test_fetch_builds_a_packed_set_now(tmp_path, monkeypatch, capsys):
     from mlx_bald.cli.main import main
 
     monkeypatch.setattr(windows, "data_dir", lambda: tmp_path / "cache")
-    for k in range(4):
-        _clip(tmp_path, f"f{k}", 3)
-    manifest = tmp_path / "set.jsonl"
-    manifest.write_text("".join(json.dumps({"audio": f"f{k}.wav", "text": f"line {k}", "language": "en"}) + "\n"
-                                for k in range(4)))
+    manifest = _clip_manifest(tmp_path, "f", 4, 3, "line")
     assert main(["fetch", f"pack:{manifest}"]) == 0
     out = capsys.readouterr().out
     assert f"pack:{manifest}:" in out and str(tmp_path / "cache" / "packed") in out

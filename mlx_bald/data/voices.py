@@ -78,12 +78,9 @@ def _run(cmd: list[str], env: dict[str, str], what: str) -> None:
 
 
 def _read(path: Path) -> np.ndarray:
-    import soundfile as sf
+    from mlx_bald.audio import load_audio
 
-    from mlx_bald.audio import resample
-
-    audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    return resample(audio.mean(axis=1), rate)
+    return load_audio(path)
 
 
 def _flite(texts: list[str], voice: Voice, tmp: Path) -> list[np.ndarray]:

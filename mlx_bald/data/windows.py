@@ -63,7 +63,9 @@ def _assemble(pieces: list[np.ndarray], gaps: list[float], lead: float, gain: fl
 
 
 def _read_manifest(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    from mlx_bald.data.manifest import read_rows
+
+    return [row for _, row in read_rows(path)[1]] if path.is_file() else []
 
 
 def _write_manifest(path: Path, rows: list[dict]) -> None:

@@ -1,55 +1,52 @@
-"""A local OpenAI-compatible transcription server (standard library HTTP + one inference thread).
-
-Endpoints: POST /v1/audio/transcriptions and /v1/audio/translations (multipart: file, model,
-language, prompt, temperature, response_format, timestamp_granularities[], stream), GET
-/v1/models, GET /v1/models/<id>, GET /health, and the demo page at / (apps/static).
+"""A local OpenAI-compatible transcription server: the FastAPI app (apps/api.py) on uvicorn, with
+one inference thread (apps/worker.py).
 
 json and text answers are decoded with mlx_bald.batched, batched dynamically with the other
 requests waiting for the same model and options; ``stream=true`` answers with OpenAI's
-transcription events as each chunk is decoded. srt/vtt/verbose_json use mlx-whisper's full
-transcribe (timestamp tokens, finer segments), one request at a time.
+transcription events as each chunk is decoded. srt/vtt/verbose_json use mlx-whisper's
+full transcribe (timestamp tokens, finer segments), one request at a time.
 
 Served model ids are fixed by the operator at start-up; a request can only pick one of those ids
 (never a path or a hub name), and "whisper-1" is an alias of the default model.
+
+Limits: uploads (Content-Length required, at most ``max_upload_bytes``; a client silent for
+``client_timeout`` mid-upload gets 408), open connections (503 past ``max_connections``), queued
+transcriptions (503 past ``max_pending``). Stopping (Ctrl-C, SIGTERM, ``shutdown()``) refuses the
+queued requests with 503, lets the running batch finish (up to ``shutdown_grace`` seconds) and
+logs both counts.
 """
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import logging
-import mimetypes
 import socket
+import sys
 import threading
 import time
-import traceback
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from mlx_whisper.tokenizer import LANGUAGES, TO_LANGUAGE_CODE
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from apps.form import FormError, parse_form
-from apps.openai_format import RESPONSE_FORMATS, error_body, render
-from apps.worker import BatchTranscriber, InferenceWorker, QueueFullError, Transcriber
+from apps.api import ApiError, create_app
+from apps.openai_format import error_body
+from apps.worker import BatchTranscriber, InferenceWorker, Transcriber
 
-log = logging.getLogger("mlx_bald.server")
+log = logging.getLogger("uvicorn.error")
+
+# python-multipart logs every malformed body it rejects ("Expected boundary character 45 ...");
+# the client gets a 400 naming the problem and the access log has the line, so keep stderr quiet.
+logging.getLogger("python_multipart").addHandler(logging.NullHandler())
+logging.getLogger("python_multipart").propagate = False
 
 SAMPLE_RATE = 16_000
 OPENAI_ALIAS = "whisper-1"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-
-
-class ApiError(Exception):
-    """Answered as the OpenAI error JSON with ``status``."""
-
-    def __init__(self, status: int, message: str, *, param: str | None = None,
-                 code: str | None = None, type_: str = "invalid_request_error") -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = \
-            status, message, param, code, type_
 
 
 @dataclass
@@ -59,6 +56,9 @@ class ServerConfig:
     max_pending: int = 32              # queued transcriptions before 503
     max_connections: int = 64          # open connections before 503
     request_timeout: float = 900.0     # seconds a request waits for its transcription
+    client_timeout: float = 60.0       # seconds of client silence mid-upload before 408
+    idle_timeout: float = 5.0          # seconds an idle keep-alive connection stays open
+    shutdown_grace: float = 60.0       # seconds the running batch may take when stopping
     static_dir: Path = STATIC_DIR
     quiet: bool = False
     decode: dict[str, Any] = field(default_factory=dict)  # e.g. beam_size: applied to every request
@@ -67,6 +67,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("at least one model must be served")
+        self.static_dir = Path(self.static_dir)
         self.aliases = {mid: mid for mid in self.models}
         self.aliases.setdefault(OPENAI_ALIAS, self.default_id)
 
@@ -97,342 +98,185 @@ def parse_model_specs(specs: list[str]) -> dict[str, str]:
     return out
 
 
-def _parse_language(value: str | None) -> str | None:
-    if not value:
-        return None
-    v = value.strip().lower()
-    if v in LANGUAGES:
-        return v
-    if v in TO_LANGUAGE_CODE:
-        return TO_LANGUAGE_CODE[v]
-    raise ApiError(400, f"Unsupported language {value!r}; use an ISO-639-1 code such as 'en'.",
-                   param="language", code="invalid_value")
+def _raw_response(err: ApiError) -> bytes:
+    body = json.dumps(error_body(err.message, err.type, err.param, err.code)).encode()
+    return (f"HTTP/1.1 {err.status} {'Service Unavailable' if err.status == 503 else 'Error'}\r\n"
+            f"content-type: application/json\r\nconnection: close\r\n"
+            f"content-length: {len(body)}\r\n\r\n").encode() + body
 
 
-def _parse_temperature(value: str | None) -> float | None:
-    if value in (None, ""):
-        return None
-    try:
-        t = float(value)
-    except ValueError:
-        t = -1.0
-    if not 0.0 <= t <= 1.0:
-        raise ApiError(400, "temperature must be a number between 0 and 1.",
-                       param="temperature", code="invalid_value")
-    return t
+def _protocol(max_connections: int) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with a connection limit answered in OpenAI's error JSON, and an
+    idle timer from the first byte (uvicorn's keep-alive timer starts after a response)."""
+    busy = _raw_response(ApiError(503, "Too many open connections; try again later.",
+                                  type_="server_error", code="too_many_connections"))
 
+    class LimitedH11(H11Protocol):
+        refused = False
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "mlx-bald"
-    timeout = 60  # seconds of client silence before the connection is dropped
-    server: "TranscriptionServer"
-
-    # ---- plumbing -------------------------------------------------------------------------
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (stdlib signature)
-        if not self.server.config.quiet:
-            super().log_message(format, *args)
-
-    def log_error(self, format: str, *args: Any) -> None:  # noqa: A002
-        # An idle keep-alive connection closing after `timeout` is normal, not an error.
-        if not format.startswith("Request timed out"):
-            super().log_error(format, *args)
-
-    def _send(self, status: int, body: bytes, content_type: str,
-              headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj).encode(), "application/json")
-
-    def _error(self, err: ApiError) -> None:
-        self._json(err.status, error_body(err.message, err.type, err.param, err.code))
-
-    def _path(self) -> str:
-        return unquote(urlsplit(self.path).path)
-
-    def _discard_body(self) -> None:
-        """Read and drop an unwanted body so the client can read our answer; bounded."""
-        try:
-            n = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            n = -1
-        if n < 0 or n > 4 * self.server.config.max_upload_bytes + (1 << 20) \
-                or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            return
-        while n > 0:
-            chunk = self.rfile.read(min(n, 1 << 16))
-            if not chunk:
-                self.close_connection = True
-                return
-            n -= len(chunk)
-
-    def _read_body(self) -> bytes:
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ApiError(411, "Chunked uploads are not supported; send a Content-Length.")
-        try:
-            n = int(self.headers["Content-Length"])
-        except (KeyError, TypeError, ValueError):
-            self.close_connection = True
-            raise ApiError(411, "A Content-Length header is required.") from None
-        limit = self.server.config.max_upload_bytes
-        if n > limit:
-            self._discard_body()
-            raise ApiError(413, f"Maximum content size limit ({limit} bytes) exceeded "
-                                f"({n} bytes received).", param="file", code="file_too_large")
-        body = self.rfile.read(n)
-        if len(body) != n:
-            self.close_connection = True
-            raise ApiError(400, "The request body ended early.")
-        return body
-
-    # ---- routes ---------------------------------------------------------------------------
-    def do_GET(self) -> None:  # noqa: N802 (stdlib naming)
-        path = self._path()
-        try:
-            if path in ("/", "/index.html"):
-                self._static("index.html")
-            elif path.startswith("/static/"):
-                self._static(path[len("/static/"):])
-            elif path == "/health":
-                self._json(200, {"status": "ok", "models": list(self.server.config.models),
-                                 "queued": self.server.worker.pending})
-            elif path == "/v1/models":
-                self._json(200, {"object": "list", "data": [
-                    self._model_obj(mid) for mid in self.server.config.aliases]})
-            elif path.startswith("/v1/models/"):
-                mid = path[len("/v1/models/"):]
-                if mid not in self.server.config.aliases:
-                    raise ApiError(404, f"The model '{mid}' does not exist.",
-                                   param="model", code="model_not_found")
-                self._json(200, self._model_obj(mid))
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            if len(self.connections) > max_connections:  # this one counts itself
+                self.refused = True
+                transport.write(busy)
+                if transport.can_write_eof():
+                    transport.write_eof()  # the client reads the answer, then closes
+                self.loop.call_later(5.0, transport.close)
             else:
-                raise ApiError(404, f"Unknown request URL: GET {path}.", code="unknown_url")
-        except ApiError as err:
-            self._error(err)
+                self.timeout_keep_alive_task = self.loop.call_later(
+                    self.timeout_keep_alive, self.timeout_keep_alive_handler)
 
-    do_HEAD = do_GET
+        def data_received(self, data: bytes) -> None:
+            if not self.refused:
+                super().data_received(data)
 
-    def do_POST(self) -> None:  # noqa: N802
-        path = self._path()
+    return LimitedH11
+
+
+class UploadGuard:
+    """ASGI middleware for request bodies: Content-Length required (411), at most ``max_bytes``
+    (413, after reading a moderately larger body so the client sees the answer), and a client
+    silent for ``client_timeout`` mid-body gets 408 and is disconnected."""
+
+    def __init__(self, app: Any, max_bytes: int, client_timeout: float) -> None:
+        self.app, self.max_bytes, self.client_timeout = app, max_bytes, client_timeout
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = {k.lower(): v for k, v in scope["headers"]}
+        length = headers.get(b"content-length", b"")
+        if b"chunked" in headers.get(b"transfer-encoding", b"").lower() or not length.isdigit():
+            return await self._answer(send, ApiError(
+                411, "A Content-Length header is required (chunked uploads are not supported)."))
+        n = int(length)
+        if n > self.max_bytes:
+            drained = n <= 4 * self.max_bytes + (1 << 20) and await self._drain(receive)
+            return await self._answer(send, ApiError(
+                413, f"Maximum content size limit ({self.max_bytes} bytes) exceeded ({n} bytes "
+                     f"received).", param="file", code="file_too_large"), close=not drained)
+        state = {"body_done": False, "stalled": False}
+
+        async def guarded_receive() -> dict:
+            if state["body_done"]:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.client_timeout)
+            except TimeoutError:
+                state["stalled"] = True
+                return {"type": "http.disconnect"}
+            state["body_done"] = not message.get("more_body", False)
+            return message
+
+        async def guarded_send(message: dict) -> None:
+            if not state["stalled"]:
+                await send(message)
+
+        await self.app(scope, guarded_receive, guarded_send)
+        if state["stalled"]:
+            client = scope.get("client") or ("?", 0)
+            log.warning("client %s:%s stalled mid-upload for %.0f s: answered 408 and disconnected",
+                        *client, self.client_timeout)
+            await self._answer(send, ApiError(408, f"The upload stalled for {self.client_timeout:g} s.",
+                                              code="timeout"))
+
+    async def _drain(self, receive: Any) -> bool:
         try:
-            if path == "/v1/audio/transcriptions":
-                self._audio("transcribe")
-            elif path == "/v1/audio/translations":
-                self._audio("translate")
-            else:
-                self._discard_body()
-                raise ApiError(404, f"Unknown request URL: POST {path}.", code="unknown_url")
-        except ApiError as err:
-            self._error(err)
-        except Exception as exc:  # a bug of ours: answer 500 instead of dropping the connection
-            log.error("request failed:\n%s", traceback.format_exc())
-            self.close_connection = True
-            self._error(ApiError(500, f"Internal error: {type(exc).__name__}: {exc}",
-                                 type_="server_error"))
+            while True:
+                message = await asyncio.wait_for(receive(), self.client_timeout)
+                if message["type"] != "http.request":
+                    return False
+                if not message.get("more_body", False):
+                    return True
+        except TimeoutError:
+            return False
 
-    def _not_allowed(self) -> None:
-        self._discard_body()
-        self._error(ApiError(405, f"Method {self.command} is not allowed on {self._path()}."))
-
-    do_PUT = do_DELETE = do_PATCH = _not_allowed
-
-    def _model_obj(self, mid: str) -> dict[str, Any]:
-        return {"id": mid, "object": "model", "created": self.server.started,
-                "owned_by": "mlx-bald"}
-
-    def _static(self, name: str) -> None:
-        file = self.server.static_files.get(name)
-        if file is None:
-            raise ApiError(404, f"Unknown request URL: GET /static/{name}.", code="unknown_url")
-        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
-        if ctype.startswith("text/") or ctype.endswith("javascript"):
-            ctype += "; charset=utf-8"
-        self._send(200, file.read_bytes(), ctype, {"Cache-Control": "no-cache"})
-
-    def _audio(self, task: str) -> None:
-        cfg = self.server.config
-        body = self._read_body()
-        try:
-            form = parse_form(body, self.headers.get("Content-Type", ""))
-        except FormError as exc:
-            raise ApiError(400, f"{exc}. Send the audio as multipart/form-data field 'file'.")
-
-        model = form.get("model")
-        if not model:
-            raise ApiError(400, "you must provide a model parameter", param="model",
-                           code="missing_required_parameter")
-        target = cfg.target(model)
-        if target is None:
-            raise ApiError(404, f"The model '{model}' does not exist on this server; served: "
-                                f"{', '.join(cfg.aliases)}.", param="model",
-                           code="model_not_found")
-        fmt = form.get("response_format") or "json"
-        if fmt not in RESPONSE_FORMATS:
-            raise ApiError(400, f"response_format must be one of {', '.join(RESPONSE_FORMATS)}.",
-                           param="response_format", code="invalid_value")
-        options: dict[str, Any] = {**cfg.decode, "task": task, "language": _parse_language(form.get("language"))}
-        temperature = _parse_temperature(form.get("temperature"))
-        if temperature is not None:
-            options["temperature"] = temperature
-        if form.get("prompt"):
-            options["initial_prompt"] = form.get("prompt")
-        granularities = set(form.get_all("timestamp_granularities[]")
-                            + form.get_all("timestamp_granularities"))
-        if granularities - {"word", "segment"}:
-            raise ApiError(400, "timestamp_granularities must be 'word' and/or 'segment'.",
-                           param="timestamp_granularities", code="invalid_value")
-        words = "word" in granularities and fmt == "verbose_json"
-        if words:
-            options["word_timestamps"] = True
-
-        upload = form.files.get("file")
-        if upload is None:
-            raise ApiError(400, "you must provide a 'file' (the audio, as a multipart file field)",
-                           param="file", code="missing_required_parameter")
-        stream = (form.get("stream") or "false").strip().lower() == "true"
-        if stream and fmt not in ("json", "text"):
-            raise ApiError(400, "stream=true needs response_format json or text.", param="stream",
-                           code="invalid_value")
-        audio = self._decode(upload.data, upload.filename)
-        if stream:
-            self._stream(audio, target, options)
-        else:  # plain text answers are decoded in batches with whatever else is waiting
-            self._run(audio, target, options, fmt, task, words, batch=fmt in ("json", "text"))
-
-    def _decode(self, data: bytes, filename: str):
-        from mlx_bald.audio import load_audio
-        from mlx_bald.errors import AudioError
-
-        if not data:
-            raise ApiError(400, f"The uploaded file '{filename}' is empty.", param="file",
-                           code="empty_file")
-        try:
-            audio = load_audio(data, name=filename or "file")
-        except AudioError as exc:
-            raise ApiError(400, f"Invalid file format: {exc}", param="file",
-                           code="invalid_file_format") from None
-        if audio.size == 0:
-            raise ApiError(400, f"The uploaded file '{filename}' holds no audio samples.",
-                           param="file", code="empty_file")
-        return audio
-
-    def _stream(self, audio, target: str, options: dict) -> None:
-        """OpenAI's transcription stream: server-sent events, a ``transcript.text.delta`` per
-        decoded chunk (with its start and end seconds) and a final ``transcript.text.done``."""
-        import queue
-
-        segments: queue.Queue = queue.Queue()
-        try:
-            fut = self.server.worker.submit(audio, target, options, on_segment=segments.put)
-        except QueueFullError as exc:
-            raise ApiError(503, str(exc), type_="server_error", code="queue_full") from None
-        fut.add_done_callback(lambda _f: segments.put(None))
-        self.close_connection = True  # the stream ends when the connection does
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        deadline = time.monotonic() + self.server.config.request_timeout
-
-        def event(body: dict) -> None:
-            self.wfile.write(b"data: " + json.dumps(body, ensure_ascii=False).encode() + b"\n\n")
-            self.wfile.flush()
-
-        try:
-            while (seg := segments.get(timeout=max(0.1, deadline - time.monotonic()))) is not None:
-                event({"type": "transcript.text.delta", "delta": seg["text"], "start": seg["start"],
-                       "end": seg["end"]})
-        except queue.Empty:
-            fut.cancel()
-            event({"type": "error", "error": error_body("The transcription did not finish in time.",
-                                                        "server_error", code="timeout")["error"]})
-            return
-        if fut.exception() is not None:
-            log.error("transcription failed: %r", fut.exception())
-            event({"type": "error", "error": error_body(f"Transcription failed: {fut.exception()}",
-                                                        "server_error")["error"]})
-            return
-        event({"type": "transcript.text.done", "text": fut.result()["text"].strip()})
-
-    def _run(self, audio, target: str, options: dict, fmt: str, task: str, words: bool,
-             batch: bool = False) -> None:
-        worker = self.server.worker
-        try:
-            fut = worker.submit(audio, target, options, batch=batch)
-        except QueueFullError as exc:
-            raise ApiError(503, str(exc), type_="server_error", code="queue_full") from None
-        try:
-            result = fut.result(timeout=self.server.config.request_timeout)
-        except FutureTimeout:
-            fut.cancel()
-            raise ApiError(504, "The transcription did not finish in time.",
-                           type_="server_error", code="timeout") from None
-        except Exception as exc:  # the model failed: report it, keep serving
-            log.error("transcription failed:\n%s", traceback.format_exc())
-            raise ApiError(500, f"Transcription failed: {type(exc).__name__}: {exc}",
-                           type_="server_error") from None
-        out, ctype = render(result, fmt, task=task, duration=audio.size / SAMPLE_RATE,
-                            words=words)
-        self._send(200, out, ctype)
+    @staticmethod
+    async def _answer(send: Any, err: ApiError, close: bool = True) -> None:
+        body = json.dumps(error_body(err.message, err.type, err.param, err.code)).encode()
+        headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": err.status,
+                    "headers": headers + ([(b"connection", b"close")] if close else [])})
+        await send({"type": "http.response.body", "body": body})
 
 
-class TranscriptionServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
+class StderrHandler(logging.StreamHandler):
+    """Writes to sys.stderr as it is at each record (a test may have swapped it since)."""
 
-    def __init__(self, address: tuple[str, int], config: ServerConfig,
-                 transcriber: Transcriber, batch_transcriber: BatchTranscriber | None = None) -> None:
-        self.config = config
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
+def _log_config() -> dict:
+    """uvicorn's logging, the access log on stderr too (stdout is for programs' output)."""
+    config = copy.deepcopy(uvicorn.config.LOGGING_CONFIG)
+    for handler in config["handlers"].values():
+        handler.pop("stream", None)
+        handler["class"] = f"{__name__}.StderrHandler"
+    return config
+
+
+class _Uvicorn(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, worker: InferenceWorker) -> None:
+        super().__init__(config)
+        self.worker = worker
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        refused, running = self.worker.close()
+        log.warning("mlx-bald: stopping: %d queued request(s) refused (503 shutting_down), "
+                    "%d running finishing", refused, running)
+        await super().shutdown(sockets)
+        log.warning("mlx-bald: stopped")
+
+
+class TranscriptionServer:
+    """The bound socket, the inference worker and uvicorn; ``serve_forever`` runs it (in the
+    main thread, uvicorn handles Ctrl-C and SIGTERM), ``shutdown`` stops it from another thread."""
+
+    def __init__(self, sock: socket.socket, config: ServerConfig, transcriber: Transcriber,
+                 batch_transcriber: BatchTranscriber | None = None) -> None:
+        self.config, self._sock = config, sock
+        self.server_address = sock.getsockname()
         self.started = int(time.time())
-        self.static_files = {p.name: p for p in sorted(Path(config.static_dir).glob("*"))
-                             if p.is_file()}
-        self._slots = threading.BoundedSemaphore(config.max_connections)
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, Handler)  # binds; the worker starts only once that worked
         self.worker = InferenceWorker(transcriber, max_pending=config.max_pending,
                                       batch_transcriber=batch_transcriber)
+        app = create_app(config, self.worker, self.started)
+        app.add_middleware(UploadGuard, max_bytes=config.max_upload_bytes,
+                           client_timeout=config.client_timeout)
+        self._uvicorn = _Uvicorn(uvicorn.Config(
+            app, http=_protocol(config.max_connections), lifespan="off", proxy_headers=False,
+            timeout_keep_alive=config.idle_timeout, timeout_graceful_shutdown=config.shutdown_grace,
+            access_log=not config.quiet, log_level="warning" if config.quiet else "info",
+            log_config=_log_config(), server_header=False), self.worker)
+        self._serving = threading.Event()
+        self._done = threading.Event()
 
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
         return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
-    def process_request(self, request, client_address) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
-            body = json.dumps(error_body("Too many open connections; try again later.",
-                                         "server_error", code="too_many_connections")).encode()
-            try:
-                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: "
-                                b"application/json\r\nConnection: close\r\nContent-Length: "
-                                + str(len(body)).encode() + b"\r\n\r\n" + body)
-            except OSError:
-                pass
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def process_request_thread(self, request, client_address) -> None:  # type: ignore[override]
+    def serve_forever(self) -> None:
+        self._serving.set()
         try:
-            super().process_request_thread(request, client_address)
+            self._uvicorn.run(sockets=[self._sock])
         finally:
-            self._slots.release()
+            self._done.set()
+
+    def shutdown(self) -> None:
+        """Stop serving (as Ctrl-C does) and wait until uvicorn has finished."""
+        self._uvicorn.should_exit = True
+        if self._serving.is_set():
+            self._done.wait()
 
     def server_close(self) -> None:
-        super().server_close()
+        self._sock.close()
         self.worker.stop()
 
 
@@ -454,16 +298,23 @@ def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=N
 def make_server(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000,
                 transcriber: Transcriber | None = None, batch_transcriber: BatchTranscriber | None = None,
                 **config: Any) -> TranscriptionServer:
-    """Build (not start) a server; ``port=0`` picks a free port (see ``server.url``). With a fake
-    ``transcriber`` and no ``batch_transcriber``, every request goes through the transcriber."""
+    """Build (bind, not start) a server; ``port=0`` picks a free port (see ``server.url``). With a
+    fake ``transcriber`` and no ``batch_transcriber``, every request goes through the transcriber."""
     cfg = ServerConfig(models=dict(models), **config)
     if transcriber is None and batch_transcriber is None:
         transcriber, batch_transcriber = mlx_transcriber, mlx_batch_transcriber
-    return TranscriptionServer((host, port), cfg, transcriber or mlx_transcriber, batch_transcriber)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return TranscriptionServer(sock, cfg, transcriber or mlx_transcriber, batch_transcriber)
 
 
 def start_in_thread(server: TranscriptionServer) -> threading.Thread:
-    t = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
-                         name="mlx-bald-http", daemon=True)
+    t = threading.Thread(target=server.serve_forever, name="mlx-bald-http", daemon=True)
     t.start()
     return t

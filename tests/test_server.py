@@ -163,13 +163,10 @@ def test_serve_refuses_a_draft_with_another_tokenizer_at_start_up(capsys):
     assert "vocabulary" in err and "serving on" not in err and "Traceback" not in err
 
 
-def test_no_log_noise_from_malformed_bodies_or_idle_keep_alive(capfd, monkeypatch):
+def test_no_log_noise_from_malformed_bodies_or_idle_keep_alive(capfd):
     """Issue #18: python-multipart's "Expected boundary character 45" warning and "Request timed
     out" after a normal keep-alive request were printed to the server's stderr."""
-    from apps.server import Handler
-
-    monkeypatch.setattr(Handler, "timeout", 0.5)
-    srv = make_server({"tiny": "T"}, port=0, transcriber=Fake(), quiet=False)
+    srv = make_server({"tiny": "T"}, port=0, transcriber=Fake(), quiet=False, idle_timeout=0.5)
     start_in_thread(srv)
     try:
         body = b"not a multipart body at all"
@@ -179,7 +176,7 @@ def test_no_log_noise_from_malformed_bodies_or_idle_keep_alive(capfd, monkeypatc
         conn = http.client.HTTPConnection(*srv.server_address[:2], timeout=10)
         conn.request("GET", "/health")  # keep-alive: the client then goes quiet
         assert conn.getresponse().read()
-        time.sleep(1.5)  # the server drops the idle connection after Handler.timeout
+        time.sleep(1.5)  # the server drops the idle connection after idle_timeout
         conn.close()
     finally:
         srv.shutdown()
@@ -337,6 +334,22 @@ def test_static_demo_page_and_no_traversal(fake_server):
     assert status == 200 and b"OfflineAudioContext" in body
     for path in ("/static/../server.py", "/static/%2e%2e/server.py", "/static/"):
         assert request(srv, "GET", path)[0] == 404
+
+
+def test_openapi_schema_and_docs(fake_server):
+    srv, _ = fake_server
+    status, _, body = request(srv, "GET", "/openapi.json")
+    schema = json.loads(body)
+    assert status == 200 and {"/v1/audio/transcriptions", "/v1/audio/translations",
+                              "/v1/models", "/v1/models/{model_id}", "/health"} <= set(schema["paths"])
+    form = schema["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    ref = form["multipart/form-data"]["schema"]["$ref"].split("/")[-1]
+    fields = schema["components"]["schemas"][ref]
+    assert set(fields["required"]) == {"file", "model"}
+    assert {"language", "prompt", "temperature", "response_format", "timestamp_granularities[]",
+            "stream"} <= set(fields["properties"])
+    status, headers, body = request(srv, "GET", "/docs")
+    assert status == 200 and headers["content-type"].startswith("text/html") and b"/openapi.json" in body
 
 
 def test_full_queue_answers_503_and_queued_requests_finish():

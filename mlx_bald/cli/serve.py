@@ -41,7 +41,7 @@ def run(args) -> int:
 
     try:
         from apps.server import LOOPBACK_HOSTS, make_server, parse_model_specs
-    except ImportError as e:  # python-multipart is the one extra the server needs
+    except ImportError as e:  # fastapi, uvicorn, python-multipart: the [serve] extra
         raise MlxBaldError(f"the server needs {e.name or 'a missing package'}: "
                            f"pip install 'mlx-bald[serve]'") from None
     from mlx_bald.hub import default_model, resolve_model
@@ -86,9 +86,11 @@ def run(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     try:
+        # uvicorn takes Ctrl-C/SIGTERM while serving: it refuses the queued requests, lets the
+        # running batch finish, logs both, then raises the signal again (-> KeyboardInterrupt)
         server.serve_forever()
     except KeyboardInterrupt:
-        print("mlx-bald: stopping", file=sys.stderr)
+        pass
     finally:
         server.server_close()
     return 0

@@ -2,8 +2,9 @@
 one inference thread (apps/worker.py).
 
 json and text answers are decoded with mlx_bald.batched, batched dynamically with the other
-requests waiting for the same model and options; ``stream=true`` answers with OpenAI's
-transcription events as each chunk is decoded. srt/vtt/verbose_json use mlx-whisper's
+requests waiting for the same model and options; audio longer than one 30 s window is cut into
+Silero VAD speech chunks, so no word is cut at a window edge. ``stream=true`` answers with
+OpenAI's transcription events as each chunk is decoded. srt/vtt/verbose_json use mlx-whisper's
 full transcribe (timestamp tokens, finer segments), one request at a time.
 
 Served model ids are fixed by the operator at start-up; a request can only pick one of those ids
@@ -288,11 +289,23 @@ def mlx_transcriber(audio, target: str, options: dict) -> dict:
 
 
 def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=None) -> list[dict]:
-    """Several requests with the same options as one batch (mlx_bald.batched), on the inference thread."""
-    from mlx_bald.batched import OPTIONS, transcribe_many
+    """Several requests with the same options as one batch (mlx_bald.batched), on the inference
+    thread. An audio of one window is that window; a longer one is cut where Silero VAD hears no
+    speech (fixed 30 s windows would cut words at their edges)."""
+    from mlx_bald.batched import OPTIONS, WINDOW_SECONDS, transcribe_many, window_spans
+    from mlx_bald.vad import chunk_spans, speech_probabilities, speech_spans
 
+    spans = []
+    for i, audio in enumerate(audios):
+        if len(audio) <= WINDOW_SECONDS * SAMPLE_RATE:
+            spans += window_spans(i, len(audio))
+        else:
+            # 0.2 s of padding (Silero's default is 0.03; faster-whisper pads 0.4): chunks that
+            # start right at the first phoneme lose words ("And" -> "The") on real speech
+            probs = speech_probabilities(audio)
+            spans += chunk_spans(i, speech_spans(probs, len(audio), pad=0.2))
     keep = {k: options[k] for k in OPTIONS if k in options}
-    return transcribe_many(audios, target, batch_size=8, on_segment=on_segment, **keep)
+    return transcribe_many(audios, target, batch_size=8, spans=spans, on_segment=on_segment, **keep)
 
 
 def make_server(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000,

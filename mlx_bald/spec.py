@@ -23,6 +23,7 @@ from typing import Any
 MLX_CONFIG_KEY = "compression"
 TORCH_CONFIG_KEY = "mlx_bald_compression"
 QUANT_BITS = (2, 3, 4, 5, 6, 8)  # what mx.quantize takes
+QUANT_GROUP_SIZES = (32, 64, 128)  # likewise
 
 SPEC_VERSION = 1
 

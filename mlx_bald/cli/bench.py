@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from mlx_bald.cli.arg_types import number_list, positive_int
+
 
 def register(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
@@ -28,17 +30,17 @@ def register(sub) -> argparse.ArgumentParser:
                    help="also measure speculative decoding of base with this draft (same tokenizer); "
                         "repeatable. Always measured: base + shortlist head, merged layers + shortlist head")
     p.add_argument("--no-speculative", action="store_true", help="leave out the speculative-decoding rows")
-    p.add_argument("--tokens", type=int, default=256, help="generated tokens per sequence (default 256)")
-    p.add_argument("--batches", default="1,10", help="decoder batch sizes (default 1,10)")
-    p.add_argument("--repeats", type=int, default=2,
+    p.add_argument("--tokens", type=positive_int, default=256, help="generated tokens per sequence (default 256)")
+    p.add_argument("--batches", type=number_list(positive_int), default=[1, 10], help="decoder batch sizes (default 1,10)")
+    p.add_argument("--repeats", type=positive_int, default=2,
                    help="speed rounds (encoder, decoder at each batch); medians are reported (default 2)")
-    p.add_argument("--mlx-whisper-repeats", type=int, default=1,
+    p.add_argument("--mlx-whisper-repeats", type=positive_int, default=1,
                    help="speed rounds for stock mlx-whisper, whose decoder is ~5x slower (default 1)")
-    p.add_argument("--e2e-repeats", type=int, default=1,
+    p.add_argument("--e2e-repeats", type=positive_int, default=1,
                    help="end-to-end rounds over all clips (default 1)")
     p.add_argument("--sets", default="librivox",
                    help="comma-separated real sets for WER and end-to-end time (default librivox)")
-    p.add_argument("--set-limit", type=int, default=None, help="first N clips of each set")
+    p.add_argument("--set-limit", type=positive_int, default=None, help="first N clips of each set")
     p.add_argument("--chip", default="M1", help="chip for the cost model's floors: M1 (default), M2, "
                                                 "M3, M4, 'M1 Pro', 'M1 Max', 'M2 Max'")
     p.add_argument("--render", type=Path, default=None, metavar="BENCH_JSON",
@@ -64,12 +66,7 @@ def run(args) -> int:
         return 0
     if args.chip not in CHIPS:
         raise MlxBaldError(f"unknown chip {args.chip!r}; known: {', '.join(CHIPS)}")
-    try:
-        batches = tuple(int(b) for b in args.batches.split(",") if b.strip())
-    except ValueError as e:
-        raise MlxBaldError(f"--batches wants integers like 1,10: {e}") from e
-    if not batches or min(batches) < 1 or args.tokens < 1 or args.repeats < 1 or args.e2e_repeats < 1:
-        raise MlxBaldError("--batches, --tokens, --repeats and --e2e-repeats must be positive")
+    batches = tuple(args.batches)
     out = args.out or Path("bench-quick" if args.quick else "benchmarks/results")
     cfg = BenchConfig(out=out, quick=args.quick, trained=args.trained, tokens=args.tokens,
                       batches=batches, repeats=1 if args.quick else args.repeats,

@@ -6,7 +6,8 @@ import json
 import sys
 
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
-from mlx_bald.cli.decode_args import add_draft_arg, positive_int
+from mlx_bald.cli.arg_types import positive_int
+from mlx_bald.cli.decode_args import add_draft_arg
 
 
 def register(sub) -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ import argparse
 import signal
 import sys
 
+from mlx_bald.cli.arg_types import port, positive_float, positive_int
 from mlx_bald.cli.decode_args import add_beam_args, add_draft_arg, beam_options
 
 
@@ -20,12 +21,12 @@ def register(sub) -> argparse.ArgumentParser:
                         "$MLX_BALD_MODEL, else whisper-base-bald once built, else whisper-base")
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind (default 127.0.0.1, loopback only)")
-    p.add_argument("--port", type=int, default=8000, help="port (0 picks a free one)")
-    p.add_argument("--max-upload-mb", type=float, default=25.0,
+    p.add_argument("--port", type=port, default=8000, help="port (0 picks a free one)")
+    p.add_argument("--max-upload-mb", type=positive_float, default=25.0,
                    help="largest accepted upload in MiB (default 25, as OpenAI)")
-    p.add_argument("--max-queue", type=int, default=32,
+    p.add_argument("--max-queue", type=positive_int, default=32,
                    help="transcriptions allowed to wait before answering 503 (default 32)")
-    p.add_argument("--timeout", type=float, default=900.0,
+    p.add_argument("--timeout", type=positive_float, default=900.0,
                    help="seconds a request may wait for its transcription (default 900)")
     p.add_argument("--no-preload", action="store_true",
                    help="load models on first request instead of at start-up")

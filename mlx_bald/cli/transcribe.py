@@ -13,8 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from mlx_bald.cli.decode_args import (add_beam_args, add_draft_arg, beam_options, optional_float,
-                                      positive_int)
+from mlx_bald.cli.arg_types import (nonneg_float, number_list, open_fraction, optional_float, optional_fraction,
+                                    optional_nonneg_float, optional_positive_float, positive_int)
+from mlx_bald.cli.decode_args import add_beam_args, add_draft_arg, beam_options
 
 FORMATS = ["txt", "vtt", "srt", "tsv", "json", "all"]
 _WRITER_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
@@ -40,6 +41,12 @@ def _language(text: str) -> str | None:
     if v in TO_LANGUAGE_CODE:
         return TO_LANGUAGE_CODE[v]
     raise argparse.ArgumentTypeError(f"unknown language {text!r} (use a code such as en, cs, de)")
+
+
+def _clip_timestamps(text: str) -> str:
+    """'start,end,start,end,...' seconds (each >= 0), kept as text for mlx-whisper."""
+    number_list(nonneg_float)(text)
+    return text
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -71,26 +78,27 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--vad", action="store_true",
                    help="skip silence: Silero VAD (onnxruntime) cuts the audio into speech chunks of at most "
                         "30 s, decoded as with --batch-size (default 8)")
-    p.add_argument("--vad-threshold", type=float, default=0.5, help="speech probability that opens a chunk")
-    p.add_argument("--temperature", type=float, default=0.0, help="sampling temperature")
+    p.add_argument("--vad-threshold", type=open_fraction, default=None,
+                   help="with --vad: speech probability that opens a chunk, 0 < x < 1 (default: mlx_bald.vad's 0.5)")
+    p.add_argument("--temperature", type=nonneg_float, default=0.0, help="sampling temperature")
     add_beam_args(p)
     add_draft_arg(p)
-    p.add_argument("--temperature-increment-on-fallback", type=optional_float, default=0.2,
+    p.add_argument("--temperature-increment-on-fallback", type=optional_nonneg_float, default=0.2,
                    help="raise the temperature by this much when decoding fails (None: never)")
     p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
                    help="print segments as they are decoded (to stderr when text goes to stdout)")
     p.add_argument("--condition-on-previous-text", type=_bool, default=True)
-    p.add_argument("--compression-ratio-threshold", type=optional_float, default=2.4)
+    p.add_argument("--compression-ratio-threshold", type=optional_positive_float, default=2.4)
     p.add_argument("--logprob-threshold", type=optional_float, default=-1.0)
-    p.add_argument("--no-speech-threshold", type=optional_float, default=0.6)
-    p.add_argument("--clip-timestamps", default="0",
+    p.add_argument("--no-speech-threshold", type=optional_fraction, default=0.6)
+    p.add_argument("--clip-timestamps", type=_clip_timestamps, default="0",
                    help="start,end,start,end,... seconds to transcribe")
-    p.add_argument("--hallucination-silence-threshold", type=optional_float, default=None)
+    p.add_argument("--hallucination-silence-threshold", type=optional_positive_float, default=None)
     p.add_argument("--highlight-words", type=_bool, nargs="?", const=True, default=False,
                    help="underline each word as spoken in srt/vtt (needs --word-timestamps)")
-    p.add_argument("--max-line-width", type=int, default=None)
-    p.add_argument("--max-line-count", type=int, default=None)
-    p.add_argument("--max-words-per-line", type=int, default=None)
+    p.add_argument("--max-line-width", type=positive_int, default=None)
+    p.add_argument("--max-line-count", type=positive_int, default=None)
+    p.add_argument("--max-words-per-line", type=positive_int, default=None)
     return p
 
 
@@ -132,6 +140,8 @@ def _inputs(args) -> list[str]:
     if args.output_name and len(files) > 1:
         raise MlxBaldError("--output-name needs exactly one input file")
     beam_options(args)  # flags that do not fit together stop here, before any file
+    if args.vad_threshold is not None and not args.vad:
+        raise MlxBaldError("--vad-threshold needs --vad")
     if args.batch_size is not None or args.vad:
         clashing = [flag for flag, on in (("--word-timestamps", args.word_timestamps),
                                           ("--clip-timestamps", args.clip_timestamps not in ("0", "")),
@@ -224,7 +234,7 @@ def _decode_batched(args, files, model, options):
     if args.vad:
         from mlx_bald.vad import vad_spans
 
-        spans = vad_spans(audios, threshold=args.vad_threshold)
+        spans = vad_spans(audios, **({} if args.vad_threshold is None else {"threshold": args.vad_threshold}))
     try:
         results = transcribe_many(audios, model, batch_size=args.batch_size or 8, spans=spans,
                                   **{k: options[k] for k in OPTIONS})

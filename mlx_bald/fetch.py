@@ -28,7 +28,7 @@ def _log(msg: str) -> None:
 def pip_fetch(name: str, version: str, sdist: bool = False) -> Path:
     """Download ``name==version`` (no deps) once; return the archive path in the cache."""
     dest = downloads_dir() / "pypi" / f"{name}-{version}{'-sdist' if sdist else ''}"
-    done = list(dest.glob("*")) if dest.exists() else []
+    done = list(dest.glob("[!.]*")) if dest.exists() else []  # [!.]: not atomic_dir's marker
     if done:
         return done[0]
     _log(f"fetching {name}=={version} from PyPI ...")
@@ -36,7 +36,7 @@ def pip_fetch(name: str, version: str, sdist: bool = False) -> Path:
         try:
             with atomic_dir(dest, overwrite=True) as tmp:
                 _download_sdist(name, version, tmp)
-            return next(dest.glob("*"))
+            return next(dest.glob("[!.]*"))
         except (OSError, ValueError) as e:
             _log(f"reading the package index directly failed ({e}); asking pip ...")
     with atomic_dir(dest, overwrite=True) as tmp:
@@ -49,7 +49,7 @@ def pip_fetch(name: str, version: str, sdist: bool = False) -> Path:
         if proc.returncode != 0 or len(files) != 1:
             err = "\n".join(l for l in proc.stderr.splitlines() if "WARNING" not in l)[-800:]
             raise FetchError(f"could not download {name}=={version} with pip:\n{err}")
-    return next(dest.glob("*"))
+    return next(dest.glob("[!.]*"))
 
 
 def _index_url() -> str:

@@ -3,9 +3,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
+from mlx_bald.cli.arg_types import (fraction, nonneg_float, nonneg_int, number_list, open_fraction, positive_float,
+                                    positive_int)
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
 
@@ -24,9 +27,12 @@ def _groups(text: str) -> list[list[int]]:
     if text.strip().lower() in ("", "none"):
         return []
     try:
-        return [[int(x) for x in g.split("-")] for g in text.split(",")]
+        groups = [[int(x) for x in g.split("-")] for g in text.split(",")]
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"groups look like 0-1,2-3,4-5 (got {text!r})") from e
+    if any(i < 0 for g in groups for i in g):
+        raise argparse.ArgumentTypeError(f"groups look like 0-1,2-3,4-5 (got {text!r})")
+    return groups
 
 
 def _set_names(text: str) -> list[str]:
@@ -76,7 +82,7 @@ def register(sub) -> argparse.ArgumentParser:
     add_column_args(data)
     hw = p.add_argument_group("hardware (every recipe; data-parallel under torchrun)")
     hw.add_argument("--device", choices=DEVICES, default="auto", help="auto: cuda, then mps, then cpu")
-    p.add_argument("--grad-accum", type=int, default=1,
+    p.add_argument("--grad-accum", type=positive_int, default=1,
                    help="micro-batches of --batch-size (--layer-batch-size) per optimiser step: a larger "
                         "effective batch in the same memory")
     p.add_argument("--log-dir", default=None,
@@ -94,27 +100,28 @@ def register(sub) -> argparse.ArgumentParser:
                    help="decoder layers merged together, e.g. 0-1,2-3,4-5; layers in no group stay as they "
                         "are (4-5 merges one pair); 'none': no merge, only the low-rank embedding; "
                         "default: adjacent pairs of the model's decoder layers (0-1,2-3,4-5 for base)")
-    p.add_argument("--alpha", type=float, default=None,
+    p.add_argument("--alpha", type=fraction, default=None,
                    help="weight of the lower layer of each pair (beta = 1 - alpha); default: search")
-    p.add_argument("--search-grid", type=lambda s: [float(x) for x in s.split(",")],
+    p.add_argument("--search-grid", type=number_list(fraction),
                    default=[0.2, 0.35, 0.5, 0.65, 0.8], help="alpha values tried by the search")
-    p.add_argument("--search-steps", type=int, default=40, help="training steps per search trial")
-    p.add_argument("--rank", type=int, default=96, help="rank of the factored token embedding")
+    p.add_argument("--search-steps", type=positive_int, default=40, help="training steps per search trial")
+    p.add_argument("--rank", type=positive_int, default=96, help="rank of the factored token embedding")
     p.add_argument("--embed-init", choices=("svd", "whiten"), default="svd",
                    help="start of the factored embedding: 'svd' = plain SVD of E (the paper's); 'whiten' = SVD "
                         "weighted by the data (the head's input second moment, token probabilities and frequencies)")
-    p.add_argument("--teacher-steps", type=int, default=300)
-    p.add_argument("--merge-steps", type=int, default=1400, help="training steps of the merged student")
-    p.add_argument("--embed-steps", type=int, default=1200,
+    p.add_argument("--teacher-steps", type=nonneg_int, default=300,
+                   help="training steps of the teacher fine-tune (0: none)")
+    p.add_argument("--merge-steps", type=nonneg_int, default=1400, help="training steps of the merged student")
+    p.add_argument("--embed-steps", type=nonneg_int, default=1200,
                    help="training steps of the low-rank embedding stage (a rerun on the same --out with "
                         "more steps continues the finished stage from its checkpoint)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=64,
+    p.add_argument("--batch-size", type=positive_int, default=8)
+    p.add_argument("--max-tokens", type=positive_int, default=64,
                    help="training targets are cut to this many tokens (prompt + text + end-of-text)")
-    p.add_argument("--lr", type=float, default=1.5e-4, help="learning rate of the students")
-    p.add_argument("--teacher-lr", type=float, default=1e-5, help="learning rate of the teacher fine-tune")
-    p.add_argument("--max-train-clips", type=int, default=None, help="fixed random subset of the train split")
-    p.add_argument("--dev-clips", type=int, default=None,
+    p.add_argument("--lr", type=positive_float, default=1.5e-4, help="learning rate of the students")
+    p.add_argument("--teacher-lr", type=positive_float, default=1e-5, help="learning rate of the teacher fine-tune")
+    p.add_argument("--max-train-clips", type=positive_int, default=None, help="fixed random subset of the train split")
+    p.add_argument("--dev-clips", type=positive_int, default=None,
                    help="dev clips for the teacher's early stop, the search and the stage checks (default: the "
                         "whole dev split; 48 clips let a teacher fine-tune look better on dev than it was on test)")
     p.add_argument("--extra-audio", type=_set_names, default=None,
@@ -123,36 +130,36 @@ def register(sub) -> argparse.ArgumentParser:
                         "synth-en:1000@all (Dutch; real English prompts packed into 30 s windows; 1,000 windows of "
                         "synthetic English prose in three voice families). folder-<lang>:PATH adds your own "
                         "unlabelled audio (e.g. folder-en:/data/LibriSpeech)")
-    p.add_argument("--extra-clips", type=int, default=400,
+    p.add_argument("--extra-clips", type=positive_int, default=400,
                    help="--general: clips taken from each extra set without @N")
-    p.add_argument("--hidden-weight", type=float, default=None,
+    p.add_argument("--hidden-weight", type=nonneg_float, default=None,
                    help="weight of hidden-state matching (merged layer -> last layer it replaced); "
                         "default 1 with --general, else 0")
     p.add_argument("--no-precompute", dest="precompute", action="store_false",
                    help="run the teacher and the cross-attention K/V projections at every training step instead of "
                         "caching them once (the old, slower path; for comparison)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=nonneg_int, default=0)
     enc = p.add_argument_group("encoder recipes (prune, adaptwin)")
-    enc.add_argument("--compression", type=float, default=0.5,
+    enc.add_argument("--compression", type=open_fraction, default=0.5,
                      help="adaptwin: target fraction of the kept encoder layers' parameters removed")
-    enc.add_argument("--prune", type=int, default=None, help="prune: encoder layers to drop; None = 1 with a prune recipe")
-    enc.add_argument("--attn-rank", type=int, default=None,
+    enc.add_argument("--prune", type=positive_int, default=None, help="prune: encoder layers to drop; None = 1 with a prune recipe")
+    enc.add_argument("--attn-rank", type=positive_int, default=None,
                      help="adaptwin: per-head rank r_a + l_a (default 0.625 d_head, 40 for base)")
-    enc.add_argument("--ffn-rank", type=int, default=None,
+    enc.add_argument("--ffn-rank", type=positive_int, default=None,
                      help="adaptwin: FFN rank r_f + l_f (default 180/512 d_model, 180 for base)")
-    enc.add_argument("--train-clips", type=int, default=960,
+    enc.add_argument("--train-clips", type=positive_int, default=960,
                      help="unlabelled fillets-<lang> train clips whose base hidden states train the layers")
     enc.add_argument("--pack-seconds", type=_span, default=(5.0, 28.0),
                      help="pack train clips into encoder windows of this many seconds (MIN,MAX; 'none': one clip each)")
-    enc.add_argument("--heldout-clips", type=int, default=12, help="dev clips that measure layer errors")
-    enc.add_argument("--layer-epochs", type=int, default=3, help="epochs of layer-wise fine-tuning per twin")
-    enc.add_argument("--bridge-epochs", type=int, default=1, help="epochs per pruning bridge layer")
-    enc.add_argument("--layer-lr", type=float, default=3e-4, help="peak learning rate (linear decay)")
-    enc.add_argument("--layer-batch-size", type=int, default=4)
-    enc.add_argument("--recover-epochs", type=int, default=2,
+    enc.add_argument("--heldout-clips", type=positive_int, default=12, help="dev clips that measure layer errors")
+    enc.add_argument("--layer-epochs", type=positive_int, default=3, help="epochs of layer-wise fine-tuning per twin")
+    enc.add_argument("--bridge-epochs", type=positive_int, default=1, help="epochs per pruning bridge layer")
+    enc.add_argument("--layer-lr", type=positive_float, default=3e-4, help="peak learning rate (linear decay)")
+    enc.add_argument("--layer-batch-size", type=positive_int, default=4)
+    enc.add_argument("--recover-epochs", type=nonneg_int, default=2,
                      help="epochs of end-to-end recovery of the built encoder (h0 -> encoder output); 0: layer-wise only")
-    enc.add_argument("--recover-lr", type=float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
-    enc.add_argument("--recover-kl", type=float, default=0.0,
+    enc.add_argument("--recover-lr", type=positive_float, default=1e-4, help="peak learning rate of the recovery (linear decay)")
+    enc.add_argument("--recover-kl", type=nonneg_float, default=0.0,
                      help="weight of a KL term in recovery: base's frozen decoder, teacher-forced on base's own "
                           "transcript of each window, reads the original and the compressed encoder output")
     enc.add_argument("--recover-audio", type=_set_names, default=[],
@@ -163,7 +170,7 @@ def register(sub) -> argparse.ArgumentParser:
                           "comma-separated ('' for none; SET@N: N clips of SET, SET@all: all of it; e.g. "
                           "synth-en:1000@all,pack:asterisk-en:train@all); other languages keep the encoder general; "
                           "folder-<lang>:PATH adds your own unlabelled audio (e.g. folder-en:/data/LibriSpeech)")
-    enc.add_argument("--audio-clips", type=int, default=400, help="clips taken from each --train/--recover-audio set")
+    enc.add_argument("--audio-clips", type=positive_int, default=400, help="clips taken from each --train/--recover-audio set")
     enc.add_argument("--init", choices=("whiten", "asvd"), default="whiten",
                      help="twin SVD initialisation: whitened by the inputs' second moments (SVD-LLM), "
                           "or scaled by their RMS (ASVD, FFN only)")
@@ -188,7 +195,37 @@ def _encoder(args, out: Path):
     return run_encoder(opts, out / "student")
 
 
+RUN_PARTS = ("work", "student", "mlx")  # what a run writes into --out (and into bald/, encoder/)
+_LEFTOVER = re.compile(r"^(report\.tmp|\..+\.(partial|tmp|old)-.+)$")  # a killed run's temporary files
+
+
+def check_run_folder(out: Path) -> None:
+    """Refuse, before any work, an --out that is a file or holds files mlx-bald did not write
+    (a run replaces its own student/ and mlx/). An earlier run's folder is resumed."""
+    from mlx_bald.errors import MlxBaldError
+    from mlx_bald.fsutil import MARKER, check_replaceable
+
+    if out.exists() and not out.is_dir():
+        raise MlxBaldError(f"--out {out} is a file, not a folder")
+    if not out.is_dir():
+        return
+    try:
+        if "options" in json.loads((out / "report.json").read_text()):
+            return
+    except (OSError, ValueError, TypeError):
+        pass
+    for name in sorted(p.name for p in out.iterdir()):
+        if name in ("bald", "encoder"):
+            check_run_folder(out / name)
+        elif name in RUN_PARTS:
+            check_replaceable(out / name)
+        elif name != MARKER and not _LEFTOVER.match(name):
+            raise MlxBaldError(f"--out {out} holds files that mlx-bald did not write ({name}): name a new or "
+                               "empty folder, or the folder of an earlier compress run to resume it")
+
+
 def run(args) -> int:
+    check_run_folder(args.out)
     try:
         from mlx_bald.compress.recipes.bald import run_bald
     except ImportError as e:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from mlx_bald.spec import QUANT_BITS
+from mlx_bald.spec import QUANT_BITS, QUANT_GROUP_SIZES
 
 
 def register(sub) -> argparse.ArgumentParser:
@@ -22,7 +22,7 @@ def register(sub) -> argparse.ArgumentParser:
                    help="register the result under this name, usable as `--model NAME` everywhere")
     p.add_argument("--quantize", type=int, choices=QUANT_BITS, default=None,
                    help="quantize linear layers with MLX to this many bits; recorded in the spec")
-    p.add_argument("--group-size", type=int, default=64, help="quantization group size (default 64)")
+    p.add_argument("--group-size", type=int, choices=QUANT_GROUP_SIZES, default=64, help="quantization group size (default 64)")
     p.add_argument("--dtype", choices=["float16", "float32"], default="float16",
                    help="stored float type (default float16; MLX casts at load)")
     p.add_argument("--head", default=None, metavar="shortlist[:R:N]",
@@ -37,12 +37,15 @@ def register(sub) -> argparse.ArgumentParser:
 def run(args) -> int:
     from converters.torch_to_mlx import convert_checkpoint
     from mlx_bald.errors import MlxBaldError
+    from mlx_bald.fsutil import check_replaceable
     from mlx_bald.hub import resolve_model
     from mlx_bald.paths import models_dir
 
     if args.out is None and args.name is None:
         raise MlxBaldError("say where to write: --out DIR and/or --name NAME")
-    out = Path(args.out) if args.out else models_dir() / args.name / "mlx"
+    out = check_replaceable(Path(args.out) if args.out else models_dir() / args.name / "mlx")  # before any work
+    if Path(args.checkpoint).exists() and Path(args.checkpoint).resolve() == out.resolve():
+        raise MlxBaldError(f"--out {out} is the checkpoint itself: name another folder")
     if args.head is not None:
         from converters.shortlist_head import add_shortlist_head, parse_head
 

@@ -27,13 +27,22 @@ class RecipeRun:
     """``out``/work and ``out``/report.json of one recipe run (see the module doc)."""
 
     def __init__(self, out: str | Path, options, fixed: Sequence[str] = ()):
-        self.out, self.work = Path(out), Path(out) / "work"
+        self.out, self._work = Path(out), Path(out) / "work"
         self.t0 = time.time()
-        if is_main():
-            self.work.mkdir(parents=True, exist_ok=True)
         self.report_path = self.out / "report.json"
         self.report = json.loads(self.report_path.read_text()) if self.report_path.exists() else {}
         self.set_options(options, fixed)
+
+    @property
+    def work(self) -> Path:
+        """``out``/work, created (and marked as mlx-bald's) on first use: a run refused while
+        loading its model or data leaves nothing on disk."""
+        if is_main() and not self._work.is_dir():
+            from mlx_bald.fsutil import mark
+
+            self._work.mkdir(parents=True, exist_ok=True)
+            mark(self._work)
+        return self._work
 
     def set_options(self, options, fixed: Sequence[str] = ()) -> None:
         """Record the options; refuse a folder whose run was made with other ``fixed`` ones."""
@@ -51,6 +60,7 @@ class RecipeRun:
         self.report["peak_rss_gib"] = round(max(peak, self.report.get("peak_rss_gib", 0)), 2)
         if not is_main():
             return
+        self.out.mkdir(parents=True, exist_ok=True)
         tmp = self.report_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.report, indent=2))
         tmp.replace(self.report_path)

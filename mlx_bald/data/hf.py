@@ -7,7 +7,9 @@ Rows are numbered from 1 in the dataset's order.
 """
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -65,13 +67,57 @@ def load_hub(spec: str, columns: Columns) -> list[Clip]:
                            "e.g. hf:mozilla-foundation/common_voice_17_0:cs:test")
     name, config, split = parts[0], parts[1] if len(parts) == 3 else None, parts[-1]
     datasets = _datasets()
+    unreachable = hub_unreachable()
     try:
-        ds = datasets.load_dataset(name, config, split=split)
+        with _offline(bool(unreachable)):  # else datasets retries for ~25 s, printing each try
+            ds = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, gated, no such dataset/config/split: all the user's to fix
+        if unreachable:
+            raise MlxBaldError(f"hf:{spec}: cannot reach the Hugging Face hub ({unreachable}) and it is not in "
+                               "the datasets cache. Save it once with save_to_disk where there is internet "
+                               "and pass that folder") from e
         raise MlxBaldError(f"hf:{spec}: could not load it from the Hugging Face hub ({type(e).__name__}: "
                            f"{_first_line(e)}). Offline? Save it once with "
                            "save_to_disk where there is internet and pass that folder") from e
     return clips_from_dataset(ds, f"hf:{spec}", columns, None)
+
+
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the hub cannot be reached (a TCP connection to its endpoint fails within ``timeout``
+    seconds), or None: reachable, or not for us to probe (offline mode set: datasets then reads
+    its cache at once; a proxy: only the proxy knows)."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or e}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline(on: bool) -> Iterator[None]:
+    """datasets and huggingface_hub in offline mode (cache only) for a while, as HF_HUB_OFFLINE=1 would."""
+    if not on:
+        yield
+        return
+    import datasets
+    from huggingface_hub import constants
+
+    saved = constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE
+    constants.HF_HUB_OFFLINE = datasets.config.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE, datasets.config.HF_HUB_OFFLINE = saved
 
 
 def clips_from_dataset(ds: Dataset, label: str, columns: Columns, folder: Path | None) -> list[Clip]:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
-SHAPES = {"bald": ["--alpha", "0.2"], "emb256": ["--groups", "none", "--rank", "256"]}
+SHAPES = {"bald": ["--start", "pairs", "--alpha", "0.2"], "emb256": ["--groups", "none", "--rank", "256"]}
 SETS = {"wer_librivox": "LibriVox", "wer_asterisk": "asterisk-en:test", "wer_test": "fillets-cs:test"}
 ASTERISK_WINDOWS = "pack:asterisk-en:train@all"
 
@@ -106,7 +106,7 @@ def needed(f: dict | None, limit: float) -> float | None:
 
 
 def report(rows: list[dict]) -> dict:
-    from mlx_bald.compress.recipes.bald import GENERAL_TARGETS
+    from mlx_bald.compress.recipes.bald_table import GENERAL_TARGETS
 
     base = next(r for r in rows if r["student"] == "whisper-base")
     limits = {}

@@ -181,6 +181,7 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
 
     import mlx_bald.compress.ops.model as cmodel
     import mlx_bald.compress.recipes.bald as rb
+    import mlx_bald.compress.recipes.bald_table as bt
     work, final = tmp_path / "work", tmp_path / "student"
     for folder in (work / "teacher", work / "merged", final):
         folder.mkdir(parents=True)
@@ -190,30 +191,33 @@ def test_final_table_rescores_only_changed_checkpoints(tmp_path, monkeypatch):
         def to(self, *_):
             return self
 
-    monkeypatch.setattr(rb, "ensure_encoder_cache", lambda *a: tmp_path)
+    monkeypatch.setattr(bt, "ensure_encoder_cache", lambda *a: tmp_path)
     monkeypatch.setattr(cmodel, "load_compressed", lambda folder: (Named(folder), None))
-    monkeypatch.setattr(rb, "count_parameters", lambda m: 1)
-    monkeypatch.setattr(rb, "dev_wer", lambda m, clips, cache: scored.append(str(m)) or 10.0)
+    monkeypatch.setattr(bt, "count_parameters", lambda m: 1)
+    monkeypatch.setattr(bt, "decoded_wer", lambda m, clips, cache, decode="greedy":
+                        scored.append(str(m)) or {"wer": 10.0 if decode == "fallback" else 12.0, "loops": 0})
 
     report = {}
     run = SimpleNamespace(o=rb.BaldOptions(out=tmp_path), base="base", work=work, report=report, device="cpu",
-                          load=lambda spec: [spec],
+                          load=lambda spec: [spec], agreement=lambda m, *a: 100.0,
                           save_report=lambda **kw: report.update(json.loads(json.dumps(kw))))
-    rb._final_table(run, "teacher", final)
-    assert len(scored) == 8 and [r["model"] for r in report["table"]][-1] == "merged+lowrank-embedding"
+    bt.final_table(run, "teacher", final)
+    assert len(scored) == 16 and [r["model"] for r in report["table"]][-1] == "merged+lowrank-embedding"
+    row = report["table"][-1]  # users' decoder, greedy, loops and agreement side by side
+    assert (row["wer_test"], row["greedy_test"], row["loops_test"], row["agreement_test"]) == (10.0, 12.0, 0, 100.0)
     scored.clear()  # the report keeps its table: a continued stage must still be re-scored
     (final / "model.safetensors").write_bytes(b"retrained")  # only the last stage changed
     os.utime(final / "model.safetensors", ns=(10**9, 10**9))  # a new stamp even on coarse clocks
-    rb._final_table(run, "teacher", final)
-    assert scored == [str(final)] * 2 and len(report["table"]) == 4
+    bt.final_table(run, "teacher", final)
+    assert scored == [str(final)] * 4 and len(report["table"]) == 4
     scored.clear()
-    rb._final_table(run, "teacher", final)  # nothing changed: nothing re-scored
+    bt.final_table(run, "teacher", final)  # nothing changed: nothing re-scored
     assert scored == [] and len(report["table"]) == 4
 
 
 def test_targets_say_which_promise_a_language_missed():
     """Issue #20's two targets on test: teacher <= base, student <= 1.10x teacher."""
-    from mlx_bald.compress.recipes.bald import _targets
+    from mlx_bald.compress.recipes.bald_table import targets as _targets
     rows = [{"model": "whisper-base", "wer_test": 54.52}, {"model": "teacher", "wer_test": 61.13},
             {"model": "merged", "wer_test": 71.9}, {"model": "merged+lowrank-embedding", "wer_test": 77.39}]
     t = _targets(rows, "whisper-base")

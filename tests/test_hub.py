@@ -105,14 +105,14 @@ def test_only_the_general_student_may_take_the_default_name():
     (None, "-unvetted", "merged+lowrank-embedding")])  # nothing measured
 def test_general_student_becomes_default_only_if_it_met_every_target(tmp_path, student, expect_suffix, final):
     from mlx_bald.cli.compress import _vetted_name
-    from mlx_bald.compress.recipes.bald import _general_targets
+    from mlx_bald.compress.recipes.bald_table import general_targets
 
     table = [{"model": "whisper-base", "wer_librivox": 1.41, "wer_asterisk": 9.52, "wer_test": 77.3},
              {"model": "merged", "wer_librivox": 1.5, "wer_asterisk": 9.6, "wer_test": 78.0}]
     data = {"table": table}
     if student is not None:  # the final student is the last row (merged or not)
         table.append(dict(zip(("wer_librivox", "wer_asterisk", "wer_test"), student), model=final))
-        data["targets"] = _general_targets(table, "whisper-base")
+        data["targets"] = general_targets(table, "whisper-base")
     report = tmp_path / "report.json"
     report.write_text(json.dumps(data))
     assert _vetted_name(hub.DEFAULT_COMPRESSED, report) == hub.DEFAULT_COMPRESSED + expect_suffix

@@ -11,6 +11,7 @@ from mlx_bald.cli.arg_types import (fraction, nonneg_float, nonneg_int, number_l
                                     positive_int)
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
+from mlx_bald.start_config import StartConfig
 
 RECIPES = ("bald", "prune", "adaptwin")
 
@@ -100,8 +101,22 @@ def register(sub) -> argparse.ArgumentParser:
                    help="decoder layers merged together, e.g. 0-1,2-3,4-5; layers in no group stay as they "
                         "are (4-5 merges one pair); 'none': no merge, only the low-rank embedding; "
                         "default: adjacent pairs of the model's decoder layers (0-1,2-3,4-5 for base)")
+    p.add_argument("--start", choices=("spaced", "pairs"), default="spaced",
+                   help="how the shallower decoder starts: 'spaced' keeps maximally spaced teacher layers (the "
+                        "last always; as many as --groups has groups), fits a least-squares patch into each kept "
+                        "layer and distils it locally (measured: python -m benchmarks.recovery); 'pairs' averages "
+                        "the --groups with a searched --alpha (the BaldWhisper paper's merge)")
+    p.add_argument("--start-patch", choices=("none", "map", "refit"), default=StartConfig.patch,
+                   help="--start spaced: closed-form patch of each kept layer's fc2 (none, map: a d x d map after "
+                        "fc2, refit: fc2 refitted), folded into the weights")
+    p.add_argument("--start-ridge", type=positive_float, default=StartConfig.ridge,
+                   help="--start spaced: ridge of the patch fit (pull towards the unpatched layer)")
+    p.add_argument("--local-steps", type=nonneg_int, default=StartConfig.local_steps,
+                   help="--start spaced: steps of local (layer-wise) distillation before the end-to-end stage")
+    p.add_argument("--start-fit-clips", type=positive_int, default=448,
+                   help="--start spaced: training clips the patches and local steps are fitted on")
     p.add_argument("--alpha", type=fraction, default=None,
-                   help="weight of the lower layer of each pair (beta = 1 - alpha); default: search")
+                   help="--start pairs: weight of the lower layer of each pair (beta = 1 - alpha); default: search")
     p.add_argument("--search-grid", type=number_list(fraction),
                    default=[0.2, 0.35, 0.5, 0.65, 0.8], help="alpha values tried by the search")
     p.add_argument("--search-steps", type=positive_int, default=40, help="training steps per search trial")
@@ -280,7 +295,8 @@ def _bald_options(args, out: Path):
                        embedding_rank=args.rank, embed_init=args.embed_init, teacher_steps=args.teacher_steps,
                        merge_steps=args.merge_steps, embed_steps=args.embed_steps,
                        batch_size=args.batch_size, max_tokens=args.max_tokens, lr=args.lr,
-                       teacher_lr=args.teacher_lr,
+                       teacher_lr=args.teacher_lr, start=args.start, start_patch=args.start_patch,
+                       start_ridge=args.start_ridge, local_steps=args.local_steps, start_fit_clips=args.start_fit_clips,
                        max_train_clips=args.max_train_clips, dev_clips=args.dev_clips,
                        extra_audio=list(GENERAL_AUDIO) if args.extra_audio is None else args.extra_audio,
                        extra_clips=args.extra_clips, hidden_weight=args.hidden_weight,
@@ -323,10 +339,10 @@ def _finish(args, student: Path, convert_checkpoint, models_dir) -> int:
 def _vetted_name(name: str | None, report: Path) -> str | None:
     """A specialised student is registered under ``name`` only if it is not worse than the stock
     model it came from on its language's test split; the general student (the default model)
-    only if it met every general target of its report (recipes/bald.GENERAL_TARGETS: base's
+    only if it met every general target of its report (recipes/bald_table.GENERAL_TARGETS: base's
     English on LibriVox and Asterisk, and Czech). Otherwise it is registered as NAME-unvetted,
     so that nobody gets a worse model by running the recipe."""
-    from mlx_bald.compress.recipes.bald import GENERAL_TARGETS
+    from mlx_bald.compress.recipes.bald_table import GENERAL_TARGETS
     from mlx_bald.hub import DEFAULT_COMPRESSED
 
     if not name:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
+import zlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -12,10 +14,36 @@ import torch
 from mlx_bald.compress.train.data import token_sequence, tokenizer
 
 
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)  # after 0.0, as mlx-whisper's transcribe
+COMPRESSION_RATIO_THRESHOLD = 2.4  # gzip ratio of the text (openai-whisper / mlx-whisper)
+LOGPROB_THRESHOLD = -1.0
+
+
+@dataclass
+class Hypothesis:
+    text: str
+    avg_logprob: float
+    finished: bool  # ended with end-of-text (not cut by the token budget)
+
+    @property
+    def compression_ratio(self) -> float:
+        raw = self.text.encode()
+        return len(raw) / max(len(zlib.compress(raw)), 1)
+
+    @property
+    def looping(self) -> bool:
+        """No end-of-text, or text that repeats itself: the signs of a repetition loop."""
+        return not self.finished or self.compression_ratio > COMPRESSION_RATIO_THRESHOLD
+
+    @property
+    def needs_fallback(self) -> bool:
+        return self.looping or self.avg_logprob < LOGPROB_THRESHOLD
+
+
 @torch.no_grad()
-def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
-                      max_new_tokens: int = 120) -> list[str]:
-    """encoder_states [B, S, d] -> B texts (temperature 0, no timestamps)."""
+def decode_hypotheses(model, encoder_states: torch.Tensor, language: str | None, max_new_tokens: int = 120,
+                      temperature: float = 0.0, generator: torch.Generator | None = None) -> list[Hypothesis]:
+    """encoder_states [B, S, d] -> B hypotheses (no timestamps); temperature 0 is greedy."""
     vocab = model.config.vocab_size
     tok = tokenizer(vocab)
     prompt, _ = token_sequence("", language, vocab)
@@ -28,13 +56,20 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
     out = model(encoder_outputs=enc, decoder_input_ids=ids, use_cache=True)
     past, done = out.past_key_values, torch.zeros(b, dtype=torch.bool)
     generated: list[list[int]] = [[] for _ in range(b)]
+    logprob = torch.zeros(b, dtype=torch.float64)
     logits = out.logits[:, -1]
     for _ in range(max_new_tokens):
         logits[:, tok.no_timestamps:] = -float("inf")  # no timestamps, no special tokens
         logits[:, tok.eot + 1:tok.no_timestamps] = -float("inf")
-        nxt = logits.argmax(-1).cpu()
+        logits = logits.float().cpu()
+        if temperature > 0:
+            nxt = torch.multinomial(torch.softmax(logits / temperature, -1), 1, generator=generator)[:, 0]
+        else:
+            nxt = logits.argmax(-1)
+        step_lp = torch.log_softmax(logits, -1).gather(1, nxt[:, None])[:, 0]
         for i in range(b):
             if not done[i]:
+                logprob[i] += float(step_lp[i])
                 if int(nxt[i]) == tok.eot:
                     done[i] = True
                 else:
@@ -43,7 +78,29 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
             break
         out = model(encoder_outputs=enc, decoder_input_ids=nxt[:, None].to(weight.device), past_key_values=past, use_cache=True)
         past, logits = out.past_key_values, out.logits[:, -1]
-    return [tok.decode(g).strip() for g in generated]
+    return [Hypothesis(tok.decode(g).strip(), float(logprob[i]) / (len(g) + 1), bool(done[i]))
+            for i, g in enumerate(generated)]
+
+
+def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
+                      max_new_tokens: int = 120) -> list[str]:
+    """encoder_states [B, S, d] -> B texts (temperature 0, no timestamps)."""
+    return [h.text for h in decode_hypotheses(model, encoder_states, language, max_new_tokens)]
+
+
+def fallback_transcribe(model, encoder_states: torch.Tensor, language: str | None, max_new_tokens: int = 120,
+                        seed: int = 0) -> list[Hypothesis]:
+    """As users decode (mlx-whisper's transcribe rule): greedy, and a hypothesis that loops,
+    repeats itself or is unlikely is re-decoded by sampling at rising temperatures (seeded)."""
+    hyps = decode_hypotheses(model, encoder_states, language, max_new_tokens)
+    gen = torch.Generator().manual_seed(seed)
+    for i, h in enumerate(hyps):
+        for temp in FALLBACK_TEMPERATURES:
+            if not h.needs_fallback:
+                break
+            h = decode_hypotheses(model, encoder_states[i:i + 1], language, max_new_tokens, temp, gen)[0]
+        hyps[i] = h
+    return hyps
 
 
 @torch.no_grad()
@@ -72,19 +129,29 @@ def greedy_pseudo_labels(model, ids: Sequence[str], languages: Mapping[str, str 
     return labels
 
 
-def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120) -> float:
+def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120, decode: str = "greedy") -> float:
     """Corpus WER (%) of ``model`` on ``clips`` using their cached encoder states."""
+    return decoded_wer(model, clips, cache, batch_size, max_new_tokens, decode)["wer"]
+
+
+def decoded_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120,
+                decode: str = "greedy") -> dict[str, float]:
+    """{"wer": corpus WER (%), "loops": hypotheses that loop} of ``model`` on ``clips``, decoded
+    ``greedy`` or with the ``fallback`` users get (fallback_transcribe)."""
     from mlx_bald.compress.train.distill import load_cached_encoder_output
     from mlx_bald.evaluate import corpus_wer
 
     model.eval()
-    hyps: list[str] = []
+    hyps: list[Hypothesis] = []
     for start in range(0, len(clips), batch_size):
         chunk = clips[start:start + batch_size]
         states = torch.stack([load_cached_encoder_output(cache, c.id) for c in chunk])
-        hyps += greedy_transcribe(model, states, chunk[0].language, max_new_tokens)
-    wer, _ = corpus_wer([c.text for c in clips], hyps, clips[0].language)
-    return wer
+        if decode == "fallback":
+            hyps += fallback_transcribe(model, states, chunk[0].language, max_new_tokens, seed=start)
+        else:
+            hyps += decode_hypotheses(model, states, chunk[0].language, max_new_tokens)
+    wer, _ = corpus_wer([c.text for c in clips], [h.text for h in hyps], clips[0].language)
+    return {"wer": wer, "loops": sum(h.looping for h in hyps)}
 
 
 @torch.no_grad()

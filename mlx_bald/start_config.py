@@ -1,0 +1,21 @@
+"""The options of the start stage of a depth-reduced decoder (compress/recipes/start.py),
+torch-free so that the CLI can show their defaults without importing torch. The defaults are the
+best variant measured by ``python -m benchmarks.recovery`` (docs/recovery.md)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LAYER_CHOICES = ("spaced", "pairs", "lower", "upper")
+
+
+@dataclass
+class StartConfig:
+    layers: str = "spaced"  # one of LAYER_CHOICES (see start_groups)
+    alpha: float = 0.5  # "pairs" only: the lower layer's weight
+    patch: str = "map"  # "none" or an ops.patch.PATCH_KINDS entry
+    ridge: float = 1e-3
+    relative: bool = True  # weigh tokens by 1/|target|^2 in the patch fit (ops/patch.py)
+    local_steps: int = 300
+    local_lr: float = 1e-4
+    local_inputs: str = "student"
+    order: str = "local-then-patch"  # or "patch-then-local"

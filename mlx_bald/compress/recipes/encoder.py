@@ -47,6 +47,7 @@ from mlx_bald.compress.train.layer_cache import (HiddenStates, LayerTrainConfig,
 from mlx_bald.compress.ops.model import apply_spec, count_parameters, expected_parameters, save_compressed
 from mlx_bald.compress.train.bridges import bridge_plan, choose_pruned, load_bridge, train_bridges
 from mlx_bald.compress.recipes.skeleton import RecipeRun
+from mlx_bald.fsutil import atomic_file
 from mlx_bald.compress.train.recovery import recover_encoder
 from mlx_bald.compress.ops.twins import split_rank
 from mlx_bald.spec import AttentionRank, CompressionSpec, FFNRank
@@ -236,7 +237,8 @@ class EncoderRun(RecipeRun):
                                    calibrate=lambda m: m.model.encoder(self.calib))
                 if is_main():
                     init.parent.mkdir(parents=True, exist_ok=True)
-                    save_file({k: v.contiguous().cpu() for k, v in model.model.encoder.layers.state_dict().items()}, str(init))
+                    with atomic_file(init) as tmp:
+                        save_file({k: v.contiguous().cpu() for k, v in model.model.encoder.layers.state_dict().items()}, str(tmp))
                 barrier()
             self._skel = model.eval()
         return self._skel
@@ -270,7 +272,8 @@ class EncoderRun(RecipeRun):
                                                                        self.heldout_ids, j, j + 1,
                                                                        frames=self.heldout_frames)}
             if is_main():
-                save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(self._twin_path(j)))
+                with atomic_file(self._twin_path(j)) as tmp:
+                    save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(tmp))
                 ckpt.unlink(missing_ok=True)
             barrier()
             stats[str(j)] = s

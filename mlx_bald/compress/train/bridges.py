@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlx_bald.compress.train.hardware import barrier, is_main
+from mlx_bald.fsutil import atomic_file
 from mlx_bald.compress.train.layer_cache import HiddenStates, LayerTrainConfig, relative_layer_error, train_layer
 from mlx_bald.compress.ops.prune import choose_layers_to_prune, score_encoder_layers
 
@@ -92,8 +93,10 @@ def train_bridges(base: nn.Module, twin: Callable[[int], nn.Module] | None, stat
             if frames is not None:
                 stats["heldout_speech_rel_error"] = relative_layer_error(layer, states, heldout, src, dst, frames=frames)
             if is_main():
-                save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(work / f"{stem}.safetensors"))
-                (work / f"{stem}.json").write_text(json.dumps(stats, indent=1))
+                with atomic_file(work / f"{stem}.safetensors") as tmp:
+                    save_file({k: v.contiguous().cpu() for k, v in layer.state_dict().items()}, str(tmp))
+                with atomic_file(work / f"{stem}.json") as tmp:
+                    tmp.write_text(json.dumps(stats, indent=1))
                 (work / f"{stem}.ckpt").unlink(missing_ok=True)
             barrier()
             out[stem] = stats

@@ -26,6 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlx_bald.errors import MlxBaldError
+from mlx_bald.fsutil import atomic_file
 
 from mlx_bald.compress.train.clip_store import clip_file, write_missing
 from mlx_bald.compress.train.data import Row
@@ -45,7 +46,8 @@ def _mark(folder: Path, meta: dict) -> None:
     if stamp.is_file() and json.loads(stamp.read_text()) != meta:
         shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(meta))
+    with atomic_file(stamp) as tmp:
+        tmp.write_text(json.dumps(meta))
 
 
 # ---- cross-attention K/V ------------------------------------------------------------------

@@ -92,7 +92,7 @@ def train(modules: Mapping[str, nn.Module], param_groups: list[dict], loss_fn: C
     scaler = grad_scaler(device, cfg.precision)
     state = state if state is not None else {}
     path = Path(ckpt) if ckpt is not None else None
-    step = 0
+    step, recent = 0, []
     if path is not None and path.is_file():
         saved = torch.load(path, map_location=device, weights_only=False)
         if meta is not None and saved.get("meta", dict(meta)) != dict(meta):
@@ -105,6 +105,7 @@ def train(modules: Mapping[str, nn.Module], param_groups: list[dict], loss_fn: C
             sched.load_state_dict(saved["scheduler"])
         state.update(saved.get("state", {k: saved[k] for k in state if k in saved}))  # older: top level
         step = saved["step"]
+        recent = saved.get("recent", [])  # the returned means then match an uninterrupted run's
         if "torch_rng" in saved:
             torch.set_rng_state(saved["torch_rng"].cpu())
             random.setstate(saved["py_rng"])
@@ -116,11 +117,11 @@ def train(modules: Mapping[str, nn.Module], param_groups: list[dict], loss_fn: C
         tmp = path.with_suffix(".tmp")
         torch.save({**{n: m.state_dict() for n, m in modules.items()}, "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict(), "step": step, "config": asdict(cfg), "meta": dict(meta or {}),
-                    "state": state, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate()}, tmp)
+                    "state": state, "torch_rng": torch.get_rng_state(), "py_rng": random.getstate(),
+                    "recent": recent}, tmp)
         tmp.replace(path)
 
     log = _Log(cfg.log_dir, desc)
-    recent: list[dict[str, float]] = []
     batches = stream(step * cfg.accumulate)
     bar = tqdm(total=total, initial=step, desc=desc, disable=not progress or not is_main(), leave=False)
     for module in modules.values():

@@ -4,7 +4,9 @@ Beam search follows openai-whisper's semantics: ``beam_size`` live sequences per
 step ranks the top ``beam_size + 1`` continuations of every live sequence by summed log-prob;
 sequences that end (end-of-text) are set aside until ``round(beam_size * patience)`` have
 finished; the winner is chosen by ``length_penalty`` (None: log-prob / length; alpha: Google
-NMT's ((5 + length) / 6) ** alpha). Greedy decoding and sampling stay mlx-whisper's, unchanged.
+NMT's ((5 + length) / 6) ** alpha). Greedy decoding and sampling (the temperature fallback) run
+mlx-whisper's DecodingTask with its filters on the device and one sync per token
+(``mlx_bald.device_loop``: same tokens); ``lang_id`` is mlx-whisper's own.
 
 The model runs on the device; only the top-k log-probs of each row come to the host, where the
 bookkeeping (``BeamSearch``) is plain numpy, so it is testable without a model.
@@ -18,6 +20,8 @@ import numpy as np
 from mlx.utils import tree_map
 from mlx_whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, compression_ratio
 from mlx_whisper.decoding import decode as mlx_whisper_decode
+
+from .device_loop import DeviceDecodingTask, applies
 
 
 class BeamSearch:
@@ -144,12 +148,16 @@ class BeamDecodingTask(DecodingTask):
 
 
 def decode(model, mel: mx.array, options: DecodingOptions = DecodingOptions(), **kwargs):
-    """mlx-whisper's ``decode`` (same signature and results), with beam search when
-    ``beam_size`` is set at temperature 0; everything else is mlx-whisper's own."""
+    """mlx-whisper's ``decode`` (same signature and results): greedy and sampling through
+    ``DeviceDecodingTask`` (one sync per token), beam search when ``beam_size`` is set at
+    temperature 0 (host-side bookkeeping), ``lang_id`` through mlx-whisper's own."""
     if kwargs:
         options = replace(options, **kwargs)
-    if options.beam_size is None or options.temperature > 0 or options.task == "lang_id":
-        return mlx_whisper_decode(model, mel, replace(options, beam_size=None, patience=None))
+    if options.temperature > 0 or options.task == "lang_id":
+        options = replace(options, beam_size=None, patience=None)
+    if options.task == "lang_id":
+        return mlx_whisper_decode(model, mel, options)
     single = mel.ndim == 2
-    results = BeamDecodingTask(model, options).run(mel[None] if single else mel)
+    task = DeviceDecodingTask if applies(options) else BeamDecodingTask
+    results = task(model, options).run(mel[None] if single else mel)
     return results[0] if single else results

@@ -39,14 +39,19 @@ def _in_cache(folder: Path) -> bool:
     return cache_dir().resolve() in folder.resolve().parents
 
 
+def refuse_file(folder: Path, flag: str = "--out") -> None:
+    """One clear error where a folder is wanted and a file is in the way (before any work)."""
+    if folder.exists() and not folder.is_dir():
+        raise MlxBaldError(f"{flag + ' ' if flag else ''}{folder} is a file, not a folder")
+
+
 def check_replaceable(folder: str | Path, flag: str = "--out") -> Path:
     """``folder`` if writing it may replace what is there: nothing, an empty folder, or a folder
     mlx-bald wrote. Otherwise one clear error, before any work is done."""
     folder = Path(folder)
+    refuse_file(folder, flag)
     if not folder.exists():
         return folder
-    if not folder.is_dir():
-        raise MlxBaldError(f"{flag + ' ' if flag else ''}{folder} is a file, not a folder")
     names = {p.name for p in folder.iterdir()}
     if not names or MARKER in names or _is_model_folder(folder, names) or _in_cache(folder):
         return folder

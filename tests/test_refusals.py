@@ -66,7 +66,7 @@ def test_atomic_dir_replaces_its_own_folders_and_older_model_folders(tmp_path):
 
 @pytest.fixture
 def no_work(monkeypatch):
-    """convert and compress fail the test if they get as far as converting or training."""
+    """convert, compress and bench fail the test if they get as far as converting, training or measuring."""
     import converters.shortlist_head as sh
     import converters.torch_to_mlx as tm
 
@@ -75,6 +75,7 @@ def no_work(monkeypatch):
 
     monkeypatch.setattr(tm, "convert_checkpoint", started)
     monkeypatch.setattr(sh, "add_shortlist_head", started)
+    monkeypatch.setattr("benchmarks.harness.run", started)
     try:
         import mlx_bald.compress.recipes.bald as bald
         monkeypatch.setattr(bald, "run_bald", started)
@@ -92,7 +93,7 @@ def test_convert_refuses_an_out_folder_of_other_files_before_any_work(tmp_path, 
     assert _intact(mine)
 
 
-@pytest.mark.parametrize("command", [["convert", "whisper-base"], ["compress"]])
+@pytest.mark.parametrize("command", [["convert", "whisper-base"], ["compress"], ["bench", "--quick"]])
 def test_out_naming_a_file_is_one_line_before_any_work(tmp_path, capsys, command, no_work):
     """Issue #27 item 4: NotADirectoryError tracebacks (convert after 26 s of work)."""
     f = tmp_path / "notes.txt"

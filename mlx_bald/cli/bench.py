@@ -55,6 +55,7 @@ def run(args) -> int:
     from benchmarks.cost_model import CHIPS
     from benchmarks.harness import BenchConfig, run as run_bench, write_outputs
     from mlx_bald.errors import MlxBaldError
+    from mlx_bald.fsutil import refuse_file
 
     if args.render is not None:
         import json
@@ -68,6 +69,7 @@ def run(args) -> int:
         raise MlxBaldError(f"unknown chip {args.chip!r}; known: {', '.join(CHIPS)}")
     batches = tuple(args.batches)
     out = args.out or Path("bench-quick" if args.quick else "benchmarks/results")
+    refuse_file(out)  # before the run, not after it
     cfg = BenchConfig(out=out, quick=args.quick, trained=args.trained, tokens=args.tokens,
                       batches=batches, repeats=1 if args.quick else args.repeats,
                       e2e_repeats=args.e2e_repeats, mlx_whisper_repeats=args.mlx_whisper_repeats, sets=tuple(s for s in args.sets.split(",") if s),

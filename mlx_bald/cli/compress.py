@@ -218,10 +218,9 @@ def check_run_folder(out: Path) -> None:
     """Refuse, before any work, an --out that is a file or holds files mlx-bald did not write
     (a run replaces its own student/ and mlx/). An earlier run's folder is resumed."""
     from mlx_bald.errors import MlxBaldError
-    from mlx_bald.fsutil import MARKER, check_replaceable
+    from mlx_bald.fsutil import MARKER, check_replaceable, refuse_file
 
-    if out.exists() and not out.is_dir():
-        raise MlxBaldError(f"--out {out} is a file, not a folder")
+    refuse_file(out)
     if not out.is_dir():
         return
     try:

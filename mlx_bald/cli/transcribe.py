@@ -161,9 +161,9 @@ def writable_dir(folder: Path) -> Path:
     import tempfile
 
     from mlx_bald.errors import MlxBaldError
+    from mlx_bald.fsutil import refuse_file
 
-    if folder.exists() and not folder.is_dir():
-        raise MlxBaldError(f"--output-dir {folder} is a file, not a folder")
+    refuse_file(folder, "--output-dir")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

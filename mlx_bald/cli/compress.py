@@ -238,8 +238,18 @@ def check_run_folder(out: Path) -> None:
                                "empty folder, or the folder of an earlier compress run to resume it")
 
 
+def _check_own_data(args) -> None:
+    """Read the user's labelled sets once up front: a bad row is refused in seconds, before the
+    model loads and before anything is written (the recipe reads them again, cheaply)."""
+    from mlx_bald.data import load_set
+
+    for spec in dict.fromkeys(s for s in (args.train, args.dev, args.test) if s):
+        load_set(spec, audio_column=args.audio_column, text_column=args.text_column, language=args.language)
+
+
 def run(args) -> int:
     check_run_folder(args.out)
+    _check_own_data(args)
     try:
         from mlx_bald.compress.recipes.bald import run_bald
     except ImportError as e:

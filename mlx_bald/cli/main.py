@@ -12,14 +12,21 @@ from mlx_bald.errors import MlxBaldError
 COMMANDS = ["transcribe", "eval", "fetch", "compress", "convert", "bench", "serve"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line (the full usage of compress is ~40 lines that hide the error)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mlx-bald",
         description="Smaller, faster Whisper for Apple silicon: compress in PyTorch, run in MLX.",
         epilog="Models: whisper-base, whisper-tiny.en (fetched on first use), a local folder, "
                "or a Hugging Face id. Cache: $MLX_BALD_CACHE (default ~/.cache/mlx-bald).")
     parser.add_argument("--version", action="version", version=f"mlx-bald {mlx_bald.__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"mlx_bald.cli.{name}")

@@ -247,6 +247,7 @@ def _decode_batched(args, files, model, options):
 
 
 def run(args) -> int:
+    files = _inputs(args)  # usage errors before the slow imports
     from mlx_whisper.writers import get_writer
     from tqdm import tqdm
 
@@ -255,7 +256,6 @@ def run(args) -> int:
     from mlx_bald.hub import resolve_model
     from mlx_bald.transcribe import get_model
 
-    files = _inputs(args)
     to_stdout = args.output_dir is None and args.output_format is None
     if args.model is None:
         from mlx_bald.hub import default_model

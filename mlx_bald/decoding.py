@@ -21,7 +21,7 @@ from mlx.utils import tree_map
 from mlx_whisper.decoding import DecodingOptions, DecodingResult, DecodingTask, compression_ratio
 from mlx_whisper.decoding import decode as mlx_whisper_decode
 
-from .device_loop import DeviceDecodingTask, applies
+from .device_loop import DeviceDecodingTask, applies, on_device_filters
 
 
 class BeamSearch:
@@ -96,6 +96,7 @@ class BeamDecodingTask(DecodingTask):
         super().__init__(model, replace(options, beam_size=None, patience=None))  # mlx-whisper refuses beams
         self.options = self._verify_options(options)
         self.n_group = options.beam_size
+        on_device_filters(self)
 
     def run(self, mel: mx.array) -> list[DecodingResult]:
         self.inference.reset()

@@ -47,10 +47,12 @@ class DeviceFilters(LogitFilter):
             tok = rules.tokenizer
             ids = mx.arange(n_vocab)
             self.tb = tok.timestamp_begin
-            self.is_text, self.is_ts, self.below_eot = ids < self.tb, ids >= self.tb, ids < tok.eot
+            self.is_text = ids < self.tb
             static = mx.zeros(n_vocab, dtype=mx.bool_)
             if tok.no_timestamps is not None:
                 static = static | (ids == tok.no_timestamps)
+            # after a timestamp pair: text only; after a lone timestamp: a timestamp or eot
+            self.after_pair, self.after_one = static | (ids >= self.tb), static | (ids < tok.eot)
             self.ts_static = static
             begin = static | self.is_text  # the first sampled token is a timestamp...
             if rules.max_initial_timestamp_index is not None:  # ...no later than this one
@@ -85,11 +87,10 @@ class DeviceFilters(LogitFilter):
             return x
         if n_sampled == 0:
             forbid = self.ts_begin
-        else:  # timestamps come in pairs: after a pair, text; after a lone one, a timestamp or eot
+        else:  # timestamps come in pairs, except directly before end-of-text
             last_ts = last >= self.tb
             pen_ts = True if n_sampled == 1 else penult >= self.tb
-            forbid = (self.ts_static | (last_ts & pen_ts & self.is_ts)
-                      | (last_ts & ~pen_ts & self.below_eot))
+            forbid = mx.where(last_ts, mx.where(pen_ts, self.after_pair, self.after_one), self.ts_static)
         logprobs = x - mx.logsumexp(x, axis=-1, keepdims=True)
         ts_logprob = logprobs[:, self.tb:].logsumexp(axis=-1, keepdims=True)
         max_text = logprobs[:, : self.tb].max(axis=-1, keepdims=True)
@@ -109,10 +110,7 @@ class DeviceDecodingTask(DecodingTask):
 
     def __init__(self, model, options: DecodingOptions, compile: bool | None = None) -> None:
         super().__init__(model, options)
-        filters = DeviceFilters.from_task(self, compile)
-        self.on_device = filters is not None
-        if filters is not None:
-            self.logit_filters = [filters]
+        self.on_device = on_device_filters(self, compile)
 
     def _step(self, inputs: mx.array, audio_features: mx.array, tokens: mx.array, sum_logprobs: mx.array):
         pre_logits = self.inference.logits(inputs, audio_features)
@@ -141,6 +139,14 @@ class DeviceDecodingTask(DecodingTask):
             tokens, completed, sum_logprobs, _ = step
             mx.async_eval(completed, tokens, sum_logprobs)
         return tokens, sum_logprobs, no_speech
+
+
+def on_device_filters(task: DecodingTask, compile: bool | None = None) -> bool:
+    """Swap ``task``'s logit filters for ``DeviceFilters`` where they are all known kinds."""
+    filters = DeviceFilters.from_task(task, compile)
+    if filters is not None:
+        task.logit_filters = [filters]
+    return filters is not None
 
 
 def applies(options: DecodingOptions) -> bool:

@@ -18,6 +18,7 @@ import mlx.core as mx
 from mlx_whisper.decoding import DecodingOptions, DecodingTask
 
 from .decoding import decode as plain_decode
+from .device_loop import on_device_filters
 from .errors import MlxBaldError
 
 K_START, K_MAX = 4, 8
@@ -133,6 +134,7 @@ class SpeculativeDecodingTask(DecodingTask):
 
     def __init__(self, model: SpeculativeWhisper, options: DecodingOptions) -> None:
         super().__init__(model, options)
+        on_device_filters(self)  # the timestamp rules without a copy of the tokens to the host
         self.spec = model
 
     def _get_audio_features(self, mel: mx.array) -> mx.array:

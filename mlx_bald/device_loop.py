@@ -112,6 +112,12 @@ class DeviceDecodingTask(DecodingTask):
         super().__init__(model, options)
         self.on_device = on_device_filters(self, compile)
 
+    def _get_audio_features(self, mel: mx.array) -> mx.array:
+        d = self.model.dims
+        if mel.shape[-1] == d.n_audio_state and mel.shape[-2] < d.n_audio_ctx:
+            return mel  # encoded on a short context (mlx_bald.short_context)
+        return super()._get_audio_features(mel)
+
     def _step(self, inputs: mx.array, audio_features: mx.array, tokens: mx.array, sum_logprobs: mx.array):
         pre_logits = self.inference.logits(inputs, audio_features)
         logits = pre_logits[:, -1]

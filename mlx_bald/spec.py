@@ -103,6 +103,9 @@ class CompressionSpec:
     ffn: dict[str, FFNRank] = field(default_factory=dict)
     quantization: Quantization | None = None
     head: ShortlistHead | None = None  # None: the tied embedding's full product
+    # tuned for a short audio context: clips up to this many seconds may be encoded on their own
+    # frames (rounded up to a bucket) instead of a 30 s window; None: full windows only
+    short_context_s: float | None = None
     recipe: list[str] = field(default_factory=list)  # e.g. ["bald", "adaptwin"]
     notes: dict[str, Any] = field(default_factory=dict)  # provenance: teacher, data, seed
     version: int = SPEC_VERSION
@@ -120,7 +123,8 @@ class CompressionSpec:
     @property
     def is_identity(self) -> bool:
         return not (self.decoder_merge or self.embedding_rank or self.encoder_pruned
-                    or self.attention or self.ffn or self.quantization or self.head)
+                    or self.attention or self.ffn or self.quantization or self.head
+                    or self.short_context_s)
 
     def validate(self, n_audio_layer: int | None = None, n_text_layer: int | None = None,
                  d_model: int | None = None) -> None:
@@ -154,6 +158,8 @@ class CompressionSpec:
             if self.quantization is not None:
                 raise SpecError("a shortlist head rescores with the float embedding rows; it cannot "
                                 "be combined with quantization")
+        if self.short_context_s is not None and not 0 < self.short_context_s <= 30:
+            raise SpecError(f"short_context_s must be in (0, 30] seconds, not {self.short_context_s}")
         if self.quantization is not None and self.quantization.bits not in QUANT_BITS:
             raise SpecError(f"quantization bits {self.quantization.bits} not supported")
 
@@ -178,6 +184,7 @@ class CompressionSpec:
                 ffn={k: FFNRank(**v) for k, v in d.get("ffn", {}).items()},
                 quantization=Quantization(**q) if q else None,
                 head=ShortlistHead(**head) if head else None,
+                short_context_s=d.get("short_context_s"),
                 recipe=list(d.get("recipe", [])),
                 notes=dict(d.get("notes", {})),
                 version=version,

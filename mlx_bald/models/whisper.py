@@ -58,14 +58,18 @@ class AudioEncoder(nn.Module):
                        for i in range(dims.n_audio_layer)]
         self.ln_post = nn.LayerNorm(n_state)
 
-    def __call__(self, mel: mx.array) -> mx.array:
-        """mel [B, 2*n_audio_ctx, n_mels] -> audio features [B, n_audio_ctx, n_audio_state]."""
+    def __call__(self, mel: mx.array, short: bool = False) -> mx.array:
+        """mel [B, 2*n_audio_ctx, n_mels] -> audio features [B, n_audio_ctx, n_audio_state].
+        ``short``: a mel of fewer frames is allowed (``mlx_bald.short_context`` decides when)."""
         x = nn.gelu(self.conv1(mel))
         x = nn.gelu(self.conv2(x))
-        if x.shape[1:] != self._positional_embedding.shape:
+        pos = self._positional_embedding
+        if short and x.shape[1] <= pos.shape[0]:
+            pos = pos[: x.shape[1]]
+        if x.shape[1:] != pos.shape:
             raise ValueError(f"mel of {mel.shape[1]} frames gives {x.shape[1]} positions; the "
                              f"encoder expects {self._positional_embedding.shape[0]}")
-        x = x + self._positional_embedding
+        x = x + pos
         for block in self.blocks:
             x = block(x)
         return self.ln_post(x)

@@ -1,0 +1,65 @@
+"""Short audio context (issue #30 item 1, runtime side): a clip encoded on its own frames,
+rounded up to a bucket, instead of a padded 30 s window -- only for a model whose spec says it
+was tuned for it (``CompressionSpec.short_context_s``) and only for clips up to that length.
+
+An untuned Whisper run on a short context loops and hallucinates (whisper.cpp's ``audio_ctx``:
+WER 4.31 -> 85.34 on long audio), so forcing it on such a model is refused. No tuned model
+exists yet; transcription does not call this module until one does.
+"""
+from __future__ import annotations
+
+import math
+
+import mlx_bald  # noqa: F401  (OpenBLAS before mlx.core)
+import mlx.core as mx
+import numpy as np
+
+from mlx_bald.errors import MlxBaldError
+
+SAMPLE_RATE = 16_000
+FRAMES_PER_SECOND = 100  # mel frames; the encoder halves them
+BUCKET_S = 2.0  # few distinct encoder shapes: 2, 4, 6, ... s
+
+
+def bucket_frames(n_samples: int, n_frames_full: int = 3000, bucket_s: float = BUCKET_S) -> int:
+    """Mel frames the encoder runs on for a clip of ``n_samples``: its length rounded up to a
+    multiple of ``bucket_s`` (at least one bucket), at most the full window."""
+    seconds = n_samples / SAMPLE_RATE
+    buckets = max(1, math.ceil(seconds / bucket_s - 1e-9))
+    return min(n_frames_full, int(round(buckets * bucket_s * FRAMES_PER_SECOND)))
+
+
+def use_short_context(model, n_samples: int, force: bool | None = None) -> bool:
+    """Whether to encode this clip on a short context. ``force``: None, where the model's spec
+    allows it; True, required (refused with a clear message where it does not hold); False, never."""
+    if force is False:
+        return False
+    limit = model.spec.short_context_s
+    seconds = n_samples / SAMPLE_RATE
+    if limit is None:
+        if force:
+            raise MlxBaldError(
+                "this model was not tuned for a short audio context (its spec has no short_context_s): "
+                "an untuned Whisper encoded on less than a 30 s window loops and hallucinates. "
+                "Leave the short context off, or use a model tuned for it.")
+        return False
+    if seconds > limit:
+        if force:
+            raise MlxBaldError(f"the clip is {seconds:.1f} s; this model was tuned for a short context "
+                               f"of clips up to {limit:g} s: longer audio is encoded in full 30 s windows")
+        return False
+    return True
+
+
+def encode(model, audio: np.ndarray, force: bool | None = None) -> mx.array:
+    """Audio features [1, positions, d] of a clip of at most 30 s: on its own frames rounded up
+    to a bucket where ``use_short_context``, else on the padded 30 s window."""
+    from mlx_whisper.audio import N_SAMPLES, log_mel_spectrogram, pad_or_trim
+
+    full = 2 * model.dims.n_audio_ctx
+    mel = log_mel_spectrogram(mx.array(audio.astype(np.float32)), n_mels=model.dims.n_mels, padding=N_SAMPLES)
+    dtype = model.encoder.conv1.weight.dtype
+    if use_short_context(model, len(audio), force):
+        n = bucket_frames(len(audio), full)
+        return model.encoder(pad_or_trim(mel[:n], n, axis=-2)[None].astype(dtype), short=True)
+    return model.embed_audio(pad_or_trim(mel[:full], full, axis=-2)[None].astype(dtype))

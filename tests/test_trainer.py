@@ -36,8 +36,10 @@ def test_two_accumulated_micro_batches_take_the_step_of_one_double_batch(states)
         results.append(layer.state_dict())
     moved = max((results[0][k] - v).abs().max().item() for k, v in base.model.encoder.layers[1].state_dict().items())
     assert moved > 1e-4
+    # equal up to float rounding: summing 2 + 2 rows differs from 4 in the last bits, and Adam's
+    # normalisation amplifies that on tiny gradients (measured up to 9e-6); a wrong step moves ~1e-3
     for k, v in results[0].items():
-        torch.testing.assert_close(results[1][k], v, atol=1e-6, rtol=1e-5, msg=k)
+        torch.testing.assert_close(results[1][k], v, atol=3e-5, rtol=1e-5, msg=k)
 
 
 def test_log_dir_writes_tensorboard_scalars_or_says_what_is_missing(states, tmp_path):

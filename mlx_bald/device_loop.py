@@ -22,12 +22,13 @@ import mlx.core as mx
 from mlx_whisper.decoding import (ApplyTimestampRules, DecodingOptions, DecodingTask, LogitFilter,
                                   SuppressBlank, SuppressTokens)
 
-# None: compile the filter where kernels are launched one by one (Metal/CUDA); on the CPU it
-# costs a g++ run on first use for a filter that is small next to the model step.
-COMPILE: bool | None = None
 
 
 def _compile_default() -> bool:
+    """Compile the filter and overlap the next step's graph building with the current step where
+    kernels are launched one by one (Metal/CUDA). On the CPU compiling costs a g++ run and
+    measured no faster, and a synchronous eval measured faster than async_eval's thread hand-off
+    (benchmarks/README.md, Latency)."""
     return mx.metal.is_available() or mx.cuda.is_available()
 
 
@@ -128,14 +129,16 @@ class DeviceDecodingTask(DecodingTask):
 
     def _main_loop(self, audio_features: mx.array, tokens: mx.array):
         """As mlx-whisper's loop (the same steps built, so the same sampler calls), but a step
-        is started only once the one before it has not completed."""
+        is started only once the one before it has not completed; on a GPU the next step's graph
+        is built while the current one runs."""
         tokens, completed, sum_logprobs, pre_logits = self._step(
             tokens, audio_features, tokens, mx.zeros(tokens.shape[0]))
         if self.tokenizer.no_speech is not None:
             no_speech = mx.softmax(pre_logits[:, self.sot_index], axis=-1)[:, self.tokenizer.no_speech]
         else:
             no_speech = mx.full(tokens.shape[0], mx.nan)
-        mx.async_eval(completed, tokens, sum_logprobs, no_speech)
+        start = mx.async_eval if _compile_default() else mx.eval
+        start(completed, tokens, sum_logprobs, no_speech)
         for _ in range(1, self.sample_len):
             if tokens.shape[-1] > self.n_ctx:
                 break
@@ -143,7 +146,7 @@ class DeviceDecodingTask(DecodingTask):
             if completed.item():  # the sync
                 break
             tokens, completed, sum_logprobs, _ = step
-            mx.async_eval(completed, tokens, sum_logprobs)
+            start(completed, tokens, sum_logprobs)
         return tokens, sum_logprobs, no_speech
 
 

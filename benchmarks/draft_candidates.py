@@ -34,7 +34,12 @@ def candidate(folder, kind: str):
     return model
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    argparse.ArgumentParser(prog="python -m benchmarks.draft_candidates", description=__doc__.split("\n\n")[0],
+                            epilog="No options: base on LibriVox (5 clips), the first 20 of asterisk-en:test "
+                                   "and the first 15 of fillets-cs:test.").parse_args(argv)
     from mlx_whisper.decoding import DecodingOptions, DecodingTask
 
     from benchmarks.engines import window_mel

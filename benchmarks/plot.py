@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness import PAPER
+from benchmarks.paper import PAPER
 
 
 def pareto(r: dict, out: Path) -> Path:

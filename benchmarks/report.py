@@ -2,7 +2,7 @@
 real-weight models, the analytic cost model beside the measurements, and where time goes."""
 from __future__ import annotations
 
-from benchmarks.harness import PAPER, PAPER_OF
+from benchmarks.paper import PAPER, PAPER_OF
 
 
 def _f(x, fmt: str = ".1f", none: str = "–") -> str:

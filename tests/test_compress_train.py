@@ -58,7 +58,7 @@ def test_length_bucketed_batches_cover_every_clip_once_and_shuffle_by_epoch(tmp_
 
 
 def test_resumed_batch_stream_skips_without_loading(tmp_path, monkeypatch):
-    from mlx_bald.compress.train import distill
+    from mlx_bald.compress.train import clip_store
     from mlx_bald.compress.train.data import batches_from_cache
     from mlx_bald.compress.train.distill import _cycle
     from mlx_bald.data.clips import Clip
@@ -67,8 +67,8 @@ def test_resumed_batch_stream_skips_without_loading(tmp_path, monkeypatch):
              for i in range(10)]
     cache_encoder_outputs(tiny_model(), [(c.id, features(batch=1, seed=i)[0]) for i, c in enumerate(clips)],
                           tmp_path, progress=False)
-    loads, real = [], distill.load_cached_encoder_output
-    monkeypatch.setattr(distill, "load_cached_encoder_output", lambda f, cid: loads.append(cid) or real(f, cid))
+    loads, real = [], clip_store.load_cached_encoder_output
+    monkeypatch.setattr(clip_store, "load_cached_encoder_output", lambda f, cid: loads.append(cid) or real(f, cid))
     make = batches_from_cache(clips, tmp_path, batch_size=4, seed=1)  # 3 batches an epoch
     straight = _cycle(make)
     want = [next(straight) for _ in range(7)][4:]

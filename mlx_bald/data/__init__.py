@@ -35,7 +35,8 @@ def load_set(spec: str, *, audio_column: str | None = None, text_column: str | N
     if spec.startswith("pack:"):  # training windows of short clips
         from mlx_bald.data.windows import load_packed
 
-        return load_packed(spec.removeprefix("pack:"))
+        inner = spec.removeprefix("pack:")
+        return load_packed(inner, load_set(inner))
     name, _, split = spec.partition(":")
     if name == "synth-en":
         from mlx_bald.data.windows import load_synth

@@ -89,10 +89,12 @@ def eval_filter(references: Iterable[str]):
 
 def eval_references() -> list[str]:
     """Every evaluation text an English sentence must not repeat."""
-    from mlx_bald.data import load_set
+    from mlx_bald.data.asterisk import load_asterisk
+    from mlx_bald.data.fillets import load_fillets
+    from mlx_bald.data.librivox import load_librivox
 
-    refs = [c.text for c in load_set("librivox")] + [c.text for c in load_set("asterisk-en")]
-    refs += [c.translation for c in load_set("fillets-cs") if c.translation]
+    refs = [c.text for c in load_librivox()] + [c.text for c in load_asterisk("en", None)]
+    refs += [c.translation for c in load_fillets("cs", None) if c.translation]
     return refs
 
 

@@ -183,14 +183,14 @@ def plan_packs(clips: list[Clip], spec: str, seed: int = SEED) -> list[dict]:
              "text": " ".join(clips[k].text.strip() for k, _ in m)} for w, (lang, m) in enumerate(plans)]
 
 
-def load_packed(spec: str, seed: int = SEED, progress: bool = True) -> list[Clip]:
-    """``spec``'s clips packed into windows (made on first use, rebuilt if the set changed)."""
+def load_packed(spec: str, clips: list[Clip], seed: int = SEED, progress: bool = True) -> list[Clip]:
+    """``spec``'s clips (``clips``, as ``load_set(spec)`` gives them: the caller loads them, so
+    this module does not import the set dispatcher) packed into windows (made on first use,
+    rebuilt if the set changed)."""
     from tqdm.auto import tqdm
 
-    from mlx_bald.data import load_set
     from mlx_bald.paths import cache_name
 
-    clips = load_set(spec)
     if not clips:
         raise MlxBaldError(f"pack:{spec}: the set has no clips")
     root = data_dir() / "packed" / cache_name(spec) / f"seed-{seed}"

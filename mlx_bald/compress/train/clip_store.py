@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+from torch import nn
 
 _SAFE_ID = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -76,3 +77,36 @@ def write_missing(folder: str | os.PathLike, clips: Iterable[tuple[str, Inputs]]
     if pending:
         flush()
     return done
+
+
+# ---- encoder-output cache ----------------------------------------------------------------
+@torch.no_grad()
+def cache_encoder_outputs(model: nn.Module, clips: Iterable[tuple[str, Inputs]], cache_dir: str | os.PathLike,
+                          batch_size: int = 8, progress: bool = True) -> int:
+    """Run ``model``'s encoder once per clip (``clips`` yields (clip_id, input_features
+    [n_mels, T] or a callable returning them)) and store last_hidden_state [S, d] as fp16, one
+    safetensors file per clip. Clips already cached are skipped. Returns how many were computed."""
+    encoder = model.model.encoder
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    dtype = next(encoder.parameters()).dtype
+
+    def compute(ids: list[str], feats: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        states = encoder(feats.to(device=device, dtype=dtype)).last_hidden_state.to(torch.float16).cpu()
+        return [{"encoder_hidden_states": s} for s in states]
+
+    cfg = model.config
+    try:  # fp16 [frames, d] per clip
+        return write_missing(cache_dir, clips, compute, batch_size, "encoder cache", progress,
+                             bytes_per_clip=cfg.max_source_positions * cfg.d_model * 2)
+    finally:
+        encoder.train(was_training)
+
+
+def load_cached_encoder_output(cache_dir: str | os.PathLike, clip_id: str) -> torch.Tensor:
+    path = clip_file(cache_dir, clip_id)
+    if not path.is_file():
+        raise FileNotFoundError(f"no cached encoder output for {clip_id!r} in {cache_dir}")
+    return load_file(str(path))["encoder_hidden_states"]
+

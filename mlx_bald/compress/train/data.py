@@ -60,7 +60,7 @@ def ensure_encoder_cache(model, model_name: str, set_name: str, clips: list[Clip
                          progress: bool = True) -> Path:
     """Run the (frozen) encoder once per clip and keep its output on disk (fp16). A clip's
     log-mel is computed only if its output is not cached yet."""
-    from mlx_bald.compress.train.distill import cache_encoder_outputs
+    from mlx_bald.compress.train.clip_store import cache_encoder_outputs
 
     out = encoder_cache_dir(model_name, set_name)
     n_mels = model.config.num_mel_bins
@@ -140,7 +140,7 @@ def batches_from_cache(clips: list[Clip], cache: Path | Mapping[str, Path], batc
 def collate_fn(cache: Path | Mapping[str, Path], extras: Sequence[BatchExtra] = (),
                encoder_states: bool = True, vocab: int = BASE_VOCAB) -> Callable[[list[Row]], dict]:
     """rows -> one batch: tokens, labels, (cached encoder states), and each extra's tensors."""
-    from mlx_bald.compress.train.distill import load_cached_encoder_output
+    from mlx_bald.compress.train.clip_store import load_cached_encoder_output
 
     folder = (lambda cid: cache[cid]) if isinstance(cache, Mapping) else (lambda cid: cache)
 

@@ -4,7 +4,8 @@ frozen teacher (learnable temperature) + embedding feature loss, with checkpoint
 Data comes in as plain iterables of dicts (the data package decides where from):
   {"encoder_hidden_states": [B, S, d] float (or "input_features": [B, n_mels, T]),
    "decoder_input_ids": [B, T] long, "labels": [B, T] long with -100 on ignored positions}
-Cached encoder states are only valid for a student whose encoder equals the model that
+(The encoder-state cache is ``clip_store``'s and the decoder's forward pass ``forward``'s, both
+re-exported here.) Cached encoder states are only valid for a student whose encoder equals the model that
 produced them (BaldWhisper leaves the encoder untouched).
 """
 from __future__ import annotations
@@ -15,49 +16,17 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 from torch.nn import functional as F
 
-from mlx_bald.compress.train.clip_store import Inputs, clip_file, write_missing
+from mlx_bald.compress.train.clip_store import cache_encoder_outputs, load_cached_encoder_output  # noqa: F401 (re-exported)
 from mlx_bald.compress.ops.embedding import FactoredEmbedding, embedding_distill_loss
 from mlx_bald.compress.train.hardware import Shard, rank, shard_batch, world_size
+from mlx_bald.compress.train.forward import decoder_forward  # noqa: F401 (also re-exported)
 from mlx_bald.compress.train.logit_losses import ce_and_kl
 from mlx_bald.compress.train.trainer import TrainConfig, seed_everything, shares, train
-
-# ---- encoder-output cache ----------------------------------------------------------------
-@torch.no_grad()
-def cache_encoder_outputs(model: nn.Module, clips: Iterable[tuple[str, Inputs]], cache_dir: str | os.PathLike,
-                          batch_size: int = 8, progress: bool = True) -> int:
-    """Run ``model``'s encoder once per clip (``clips`` yields (clip_id, input_features
-    [n_mels, T] or a callable returning them)) and store last_hidden_state [S, d] as fp16, one
-    safetensors file per clip. Clips already cached are skipped. Returns how many were computed."""
-    encoder = model.model.encoder
-    was_training = encoder.training
-    encoder.eval()
-    device = next(encoder.parameters()).device
-    dtype = next(encoder.parameters()).dtype
-
-    def compute(ids: list[str], feats: torch.Tensor) -> list[dict[str, torch.Tensor]]:
-        states = encoder(feats.to(device=device, dtype=dtype)).last_hidden_state.to(torch.float16).cpu()
-        return [{"encoder_hidden_states": s} for s in states]
-
-    cfg = model.config
-    try:  # fp16 [frames, d] per clip
-        return write_missing(cache_dir, clips, compute, batch_size, "encoder cache", progress,
-                             bytes_per_clip=cfg.max_source_positions * cfg.d_model * 2)
-    finally:
-        encoder.train(was_training)
-
-
-def load_cached_encoder_output(cache_dir: str | os.PathLike, clip_id: str) -> torch.Tensor:
-    path = clip_file(cache_dir, clip_id)
-    if not path.is_file():
-        raise FileNotFoundError(f"no cached encoder output for {clip_id!r} in {cache_dir}")
-    return load_file(str(path))["encoder_hidden_states"]
 
 
 # ---- losses ---------------------------------------------------------------------------------
@@ -100,52 +69,6 @@ class DistillConfig(TrainConfig):
     # of the pair it replaced. Relative squared error, so the weight is scale-free.
     hidden_weight: float = 0.0
     hidden_map: tuple[tuple[int, int], ...] = ()
-
-
-def decoder_forward(model: nn.Module, batch: dict[str, torch.Tensor], output_hidden_states: bool = False
-                    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """The decoder's final states [B, T, d] (the output projection's input) and, if asked,
-    transformers' decoder_hidden_states. Cross-attention reads ``batch["cross_kv"]`` when the
-    batch carries precomputed K/V (targets.cross_kv_batch), else the encoder states."""
-    device = next(model.parameters()).device
-    dtype = next(model.parameters()).dtype
-    ids = batch["decoder_input_ids"].to(device)
-    kw: dict[str, Any] = {"decoder_input_ids": ids, "output_hidden_states": output_hidden_states}
-    emb = model.model.decoder.embed_tokens
-    if type(emb) is nn.Embedding and emb.weight.requires_grad and torch.is_grad_enabled():
-        kw["decoder_inputs_embeds"] = _lookup_with_row_grad(emb, ids)
-        del kw["decoder_input_ids"]
-    if "cross_kv" in batch:
-        from mlx_bald.compress.train.targets import cross_attention_cache
-
-        # the layers take K/V from the cache; the encoder states only need to be present
-        kw["encoder_outputs"] = (torch.zeros(ids.shape[0], 1, model.config.d_model, dtype=dtype, device=device),)
-        kw |= {"past_key_values": cross_attention_cache(batch["cross_kv"].to(device=device, dtype=dtype)),
-               "use_cache": True}
-    elif "encoder_hidden_states" in batch:
-        kw |= {"encoder_outputs": (batch["encoder_hidden_states"].to(device=device, dtype=dtype),), "use_cache": False}
-    else:
-        kw |= {"input_features": batch["input_features"].to(device=device, dtype=dtype), "use_cache": False}
-    out = model.model(**kw)
-    return out.last_hidden_state, out.decoder_hidden_states
-
-
-def _lookup_with_row_grad(emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
-    """``emb(ids)`` whose gradient is added in place to the looked-up rows of ``emb.weight.grad``.
-    autograd's own lookup gradient is a dense [vocab, d] tensor (or a sparse one that the tied
-    output projection's dense gradient is then copied to add): ~0.35 s a step on 2 cores for
-    base's 51,865 x 512 table. The sum is the same, in whichever order the two arrive."""
-    x = F.embedding(ids, emb.weight.detach()).requires_grad_()
-    keep = ids != emb.padding_idx if emb.padding_idx is not None else torch.ones_like(ids, dtype=torch.bool)
-
-    def add_rows(g: torch.Tensor) -> None:
-        w = emb.weight
-        if w.grad is None:
-            w.grad = torch.zeros_like(w)
-        w.grad.index_add_(0, ids[keep], g[keep].to(w.grad.dtype))
-
-    x.register_hook(add_rows)
-    return x
 
 
 def distill_losses(student: nn.Module, teacher: nn.Module | None, batch: dict[str, torch.Tensor], cfg: DistillConfig,

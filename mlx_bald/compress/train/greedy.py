@@ -138,7 +138,7 @@ def decoded_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 
                 decode: str = "greedy") -> dict[str, float]:
     """{"wer": corpus WER (%), "loops": hypotheses that loop} of ``model`` on ``clips``, decoded
     ``greedy`` or with the ``fallback`` users get (fallback_transcribe)."""
-    from mlx_bald.compress.train.distill import load_cached_encoder_output
+    from mlx_bald.compress.train.clip_store import load_cached_encoder_output
     from mlx_bald.evaluate import corpus_wer
 
     model.eval()

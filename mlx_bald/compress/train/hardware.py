@@ -2,7 +2,7 @@
 
 Data parallelism is torch.distributed with one gradient all-reduce per step (what DDP does,
 done by hand for two reasons: the tied embedding's lookup gradient is added to its rows in
-place after autograd (distill._lookup_with_row_grad), which DDP's per-parameter hooks would
+place after autograd (forward._lookup_with_row_grad), which DDP's per-parameter hooks would
 miss; and each rank's loss is weighted by its share of the global batch's label tokens, so N
 ranks take exactly the step one process takes on the same global batch).
 Rank 0 alone writes caches, checkpoints and reports (``main_first``); the others wait.

@@ -15,7 +15,8 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -26,11 +27,25 @@ from mlx_bald.compress.train.greedy import greedy_pseudo_labels
 from mlx_bald.compress.train.hardware import main_first
 from mlx_bald.compress.train.layer_cache import LayerStack, LayerTrainConfig, relative_output_error, train_layer
 
-if TYPE_CHECKING:
-    from mlx_bald.compress.recipes.encoder import EncoderRun
+
+class RecoveryRun(Protocol):
+    """What recovery reads from the encoder recipe's run (``recipes.encoder.EncoderRun`` is one):
+    described here so that the recipe imports this module and not the other way round."""
+    o: Any  # the recipe's options: recover_kl, recover_lr, batch_size, seed, grad_accum, log_dir,
+    #         lang, train_audio, recover_audio
+    base: nn.Module  # the original model (frozen)
+    states: Any  # the cached hidden states (layer_cache.HiddenStates)
+    train_ids: list[str]
+    extra_ids: list[str]
+    heldout_ids: list[str]
+    heldout_frames: Any
+    n: int  # encoder layers
+    languages: Mapping[str, str]
+    work: Path
+    progress: bool
 
 
-def recover_encoder(run: "EncoderRun", layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
+def recover_encoder(run: RecoveryRun, layers: Sequence[nn.Module], final: nn.Module, epochs: int, name: str,
                     mixed: bool = False) -> dict:
     """Train ``layers`` (in place) end to end from h0 to base's encoder output on ``run``'s
     train windows (+ its ``recover_audio`` windows when ``mixed``); the KL term joins when

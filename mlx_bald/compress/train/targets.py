@@ -28,8 +28,9 @@ from torch.nn import functional as F
 from mlx_bald.errors import MlxBaldError
 from mlx_bald.fsutil import atomic_file
 
-from mlx_bald.compress.train.clip_store import clip_file, write_missing
+from mlx_bald.compress.train.clip_store import clip_file, load_cached_encoder_output, write_missing
 from mlx_bald.compress.train.data import Row
+from mlx_bald.compress.train.forward import decoder_forward
 
 def fingerprint(tensors: Sequence[torch.Tensor]) -> str:
     """A short hash of ``tensors`` (a sample of each), naming the weights a cache was made with."""
@@ -129,14 +130,6 @@ def cross_kv_batch(folder: Path | Mapping[str, Path], mix: torch.Tensor
     return extra
 
 
-def cross_attention_cache(cross_kv: torch.Tensor):
-    """transformers' cache object that makes every decoder layer reuse the given K/V."""
-    from transformers.cache_utils import DynamicCache, EncoderDecoderCache
-
-    cross = DynamicCache([(cross_kv[0, i], cross_kv[1, i]) for i in range(cross_kv.shape[1])])
-    return EncoderDecoderCache(DynamicCache(), cross)
-
-
 # ---- teacher targets ----------------------------------------------------------------------
 @torch.no_grad()
 def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: Callable[[list[Row]], dict],
@@ -146,7 +139,6 @@ def cache_teacher_targets(teacher: nn.Module, rows: Sequence[Row], make_batch: C
     of base at the 64-token cap), the token ``ids`` they were made for, and ``hidden`` [len(hidden_layers), T, d] (fp16): the output of each listed decoder
     layer (transformers' decoder_hidden_states[layer + 1]). ``make_batch(rows)`` collates rows
     into the teacher's inputs (a batch as distill takes it)."""
-    from mlx_bald.compress.train.distill import decoder_forward
 
     teacher.eval()
     _mark(folder, {"teacher": fingerprint(list(teacher.parameters())), "hidden_layers": list(hidden_layers),
@@ -214,8 +206,6 @@ class Precomputed:
     def kv_folders(self) -> dict[str, Path]:
         """{clip id: its cross-K/V folder}, one folder beside each encoder-cache folder."""
         if self._kv is None:
-            from mlx_bald.compress.train.distill import load_cached_encoder_output
-
             by_folder: dict[Path, list[str]] = {}
             for cid, enc in self.cache_of.items():
                 by_folder.setdefault(Path(enc), []).append(cid)

@@ -193,9 +193,9 @@ def _e2e_rounds(cfg, entries, samples, clips, n_per_clip) -> None:
 
 
 def _speculative(cfg: BenchConfig, entries: list[Entry], clips: list) -> dict:
-    """Base as target with each draft, on the end-to-end clips (benchmarks/speculative_bench.py)."""
+    """Base as target with each draft, on the end-to-end clips (benchmarks/speculative.py)."""
     from benchmarks.lineup import labelled_model
-    from benchmarks.speculative_bench import default_drafts, measure
+    from benchmarks.speculative import default_drafts, measure
     from mlx_bald.paths import cache_dir
 
     base = next(e for e in entries if e.key == "base")

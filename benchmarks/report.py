@@ -95,7 +95,7 @@ def markdown(r: dict, png_name: str = "pareto.png") -> str:
     L += ["Models:", ""] + [f"- **{m['label']}**: {m.get('about', '')}." for m in m_all] + [""]
 
     if r.get("speculative"):
-        from benchmarks.speculative_bench import markdown as speculative_markdown
+        from benchmarks.speculative import markdown as speculative_markdown
         L += speculative_markdown(r["speculative"])
 
     L += [f"## The paper's table, measured here (batch {max(pr['batches'])}, {pr['tokens']} tokens)", ""]

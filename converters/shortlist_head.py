@@ -20,7 +20,7 @@ from mlx_bald.models.folder import CONFIG_FILE, WEIGHTS_FILE, read_config
 from mlx_bald.spec import MLX_CONFIG_KEY, ShortlistHead
 from mlx_bald.vocab import first_special
 
-# Chosen by measurement (benchmarks/shortlist_study.py, README): the smallest (R, N) of the grid
+# Chosen by measurement (benchmarks/studies/shortlist_study.py, docs/speed-ups.md): the smallest (R, N) of the grid
 # with base's greedy transcripts on every clip of LibriVox and asterisk-en:test and the most on
 # fillets-cs:test (no (R, N) of the grid matched every Czech clip).
 DEFAULT_RANK = 256

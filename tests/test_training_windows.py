@@ -163,7 +163,7 @@ def test_a_cut_training_target_does_not_teach_the_model_to_stop():
 
 
 def test_ladder_fit_recovers_a_power_law_and_writes_table_and_plot(tmp_path, monkeypatch):
-    from benchmarks import general_ladder as ladder
+    from benchmarks.studies import general_ladder as ladder
 
     f = ladder.fit([(250, 80.0 * 250 ** -0.3), (1000, 80.0 * 1000 ** -0.3), (4000, 80.0 * 4000 ** -0.3)])
     assert f == {"a": 80.0, "b": 0.3}

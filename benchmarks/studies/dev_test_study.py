@@ -8,7 +8,7 @@ of), and the same on the first 48 dev clips (the recipe's old dev size). Greedy 
 the MLX runtime (``--decoder mlx``) or the compress recipe's own scorer (``--decoder recipe``:
 torch greedy on cached encoder states, no timestamps, 120 tokens); Whisper's basic normaliser.
 
-    python -m benchmarks.dev_test_study --lang nl [--decoder recipe] [--model whisper-base]
+    python -m benchmarks.studies.dev_test_study --lang nl [--decoder recipe] [--model whisper-base]
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ or its decoder pairs merged by a weighted average with alpha) is teacher-forced 
 path, and the share of positions where its argmax is base's token is printed: roughly the
 per-token acceptance it would get as a draft.
 
-    python -m benchmarks.draft_candidates   # LibriVox 5 + asterisk-en:test 20 + fillets-cs:test 15
+    python -m benchmarks.studies.draft_candidates   # LibriVox 5 + asterisk-en:test 20 + fillets-cs:test 15
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def candidate(folder, kind: str):
 def main(argv: list[str] | None = None) -> None:
     import argparse
 
-    argparse.ArgumentParser(prog="python -m benchmarks.draft_candidates", description=__doc__.split("\n\n")[0],
+    argparse.ArgumentParser(prog="python -m benchmarks.studies.draft_candidates", description=__doc__.split("\n\n")[0],
                             epilog="No options: base on LibriVox (5 clips), the first 20 of asterisk-en:test "
                                    "and the first 15 of fillets-cs:test.").parse_args(argv)
     from mlx_whisper.decoding import DecodingOptions, DecodingTask

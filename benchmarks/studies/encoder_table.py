@@ -7,8 +7,8 @@ measured error (variable compression, no retraining); pruned cells add bridge la
 WER with the PyTorch engine (greedy) on the LibriVox English clips and on the first N clips
 of the Czech test split; parameter counts from the saved checkpoints.
 
-Reproduce (resumable; checkpoints under the work folder, results in benchmarks/results):
-    .venv/bin/python -m benchmarks.encoder_table
+Reproduce (resumable; checkpoints under the work folder, results in benchmarks/studies/results):
+    .venv/bin/python -m benchmarks.studies.encoder_table
 """
 from __future__ import annotations
 
@@ -19,8 +19,6 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _args(argv: list[str] | None) -> argparse.Namespace:
     from mlx_bald.paths import cache_dir
@@ -28,7 +26,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", type=Path, default=cache_dir() / "runs" / "encoder-table-v2", help="work folder")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--name", default="encoder_table", help="results file stem (.md and .json)")
     p.add_argument("--levels", default="0,0.25,0.5", help="AdaPTwin targets (fraction of kept layer params)")
     p.add_argument("--prune", default="0,1,2", help="encoder layers pruned")
@@ -147,7 +145,7 @@ def _write(a: argparse.Namespace, run, cells: list[dict], timing: dict) -> None:
     ranks = run.report["ranks"]
     lines = [
         "# Encoder compression: AdaPTwin x layer pruning (whisper-base)", "",
-        f"Reproduce: `.venv/bin/python -m benchmarks.encoder_table {' '.join(_flags(a))}` (work folder `{a.out}`).", "",
+        f"Reproduce: `.venv/bin/python -m benchmarks.studies.encoder_table {' '.join(_flags(a))}` (work folder `{a.out}`).", "",
         f"- AdaPTwin twins: attention head rank r_a + l_a = {ranks['attention']['qk_rank']} "
         f"(LoRA {ranks['attention']['lora_qk']}), FFN rank r_f + l_f = {ranks['ffn']['fc1_rank']} "
         f"(LoRA {ranks['ffn']['lora']}), {a.init} SVD initialisation; every layer fine-tuned once, layer-wise (MSE), "

@@ -10,10 +10,10 @@ base's own greedy transcripts; teacher = base. Two shapes per rung:
   (a convert-time head, exact where its shortlist holds; the row is decoded with the full head);
 - ``emb256``: no merge, rank-256 embedding.
 
-    python -m benchmarks.general_ladder --rungs 250,1000 --out runs/ladder
-    python -m benchmarks.general_ladder --report-only --out runs/ladder   # table, fit and plot
+    python -m benchmarks.studies.general_ladder --rungs 250,1000 --out runs/ladder
+    python -m benchmarks.studies.general_ladder --report-only --out runs/ladder   # table, fit and plot
 
-Writes benchmarks/results/general_ladder.{json,md,png}: WER on LibriVox, asterisk-en:test and
+Writes benchmarks/studies/results/general_ladder.{json,md,png}: WER on LibriVox, asterisk-en:test and
 fillets-cs:test, training minutes, peak memory, and a power-law fit WER(N) = a * N^-b per
 shape and set with the N each target needs.
 """
@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="train without the on-disk K/V and target caches (a 1,000-window rank-256 rung needs "
                         "~20 GB of them)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (a GPU runs the largest rung)")
-    p.add_argument("--name", default="general_ladder", help="results file name under benchmarks/results")
+    p.add_argument("--name", default="general_ladder", help="results file name under benchmarks/studies/results")
     p.add_argument("--report-only", action="store_true", help="collect the finished runs: table, fit, plot")
     p.add_argument("--dry-run", action="store_true", help="print the commands only")
     a = p.parse_args(argv)

@@ -9,7 +9,7 @@ identical transcript with that head (greedy is deterministic: by induction on po
 "identical-transcript rate" is exact, not sampled. Speed: decoder tokens/s at batch 1 with
 each head swapped into the same loaded model (bench's protocol, 64 tokens, medians).
 
-    python -m benchmarks.shortlist_study --sets librivox,asterisk-en:test,fillets-cs:test
+    python -m benchmarks.studies.shortlist_study --sets librivox,asterisk-en:test,fillets-cs:test
 """
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ autocast, and 2 data-parallel processes of 1 thread each (torchrun, gloo) on the
 batch. The cross-attention K/V cache sits beside the encoder cache and serves every stage, so
 the first new cell of a run pays for it (its "one-time precompute" column).
 
-    .venv/bin/python -m benchmarks.train_throughput            # writes benchmarks/results/train_throughput.{md,json}
+    .venv/bin/python -m benchmarks.studies.train_throughput            # writes benchmarks/studies/results/train_throughput.{md,json}
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BASELINE_REF = "39ecf58"
 STAGES = ("encoder-cache", "teacher", "merge", "merge-general", "embedding", "twin-layer", "recovery")
 VARIANTS = ("today", "new", "new-1thread", "new-bf16", "new-2proc")
@@ -52,7 +52,7 @@ def _args(argv: list[str] | None) -> argparse.Namespace:
                    help="AdaPTwin cells: clips whose cached base hidden states train one twin layer (batch 4, "
                         "--steps steps) and the end-to-end recovery (batch 2, one epoch)")
     p.add_argument("--baseline-ref", default=BASELINE_REF, help="git ref of 'today'")
-    p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--results", type=Path, default=Path(__file__).resolve().parent / "results")
     p.add_argument("--name", default="train_throughput")
     p.add_argument("--cell", default=None, help=argparse.SUPPRESS)  # STAGE:VARIANT, run in a child process
     return p.parse_args(argv)
@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"stage": stage[0], "variant": stage[1]} | _run_cell(*stage, a, trees[stage[1]]))
         tqdm.write(json.dumps(rows[-1]))
     import platform
-    meta = {"command": "python -m benchmarks.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": "python -m benchmarks.studies.train_throughput " + " ".join(argv if argv is not None else sys.argv[1:]),
             "baseline_ref": a.baseline_ref, "clips": a.clips, "steps": a.steps, "dev_clips": a.dev_clips,
             "cache_clips": a.cache_clips, "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
             "loadavg_start_end": [round(load0[0], 2), round(os.getloadavg()[0], 2)], "wall_s": round(time.time() - t0)}

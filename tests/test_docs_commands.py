@@ -32,10 +32,17 @@ def doc_files(root: Path = ROOT) -> list[Path]:
 
 def _snippets(text: str) -> list[tuple[int, str]]:
     """(line number, code) of every fenced block line (backslash continuations joined) and every
-    inline code span outside the fences."""
-    out, fenced, pending = [], False, None
+    inline code span outside the fences (a span may wrap onto the next line of its paragraph)."""
+    out, fenced, pending, para = [], False, None, []
+
+    def spans():
+        text = " ".join(line for _, line in para)
+        out.extend((para[0][0], span) for span in re.findall(r"`([^`]+)`", text))
+        para.clear()
+
     for n, line in enumerate(text.splitlines(), 1):
         if line.lstrip().startswith("```"):
+            spans()
             fenced = not fenced
             continue
         if fenced:
@@ -47,8 +54,11 @@ def _snippets(text: str) -> list[tuple[int, str]]:
                 continue
             pending = None
             out.append((n, re.sub(r"(^|\s)#.*$", "", line)))  # a shell comment
+        elif line.strip():
+            para.append((n, line))
         else:
-            out += [(n, span) for span in re.findall(r"`([^`\n]+)`", line)]
+            spans()
+    spans()
     return out
 
 
@@ -99,7 +109,7 @@ def _tokens(command: str) -> list[str]:
         words = command.split()
     out = []
     for w in words:
-        w = w.strip("[]").rstrip(",.")
+        w = w.strip("[]`").rstrip(",.:;)")
         if w and w not in ("...", "…") and not w.startswith("<"):
             out.append(w)
     return out

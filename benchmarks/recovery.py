@@ -9,7 +9,7 @@ cross-entropy (nats/token on them). ``--global-steps N`` adds the same scores af
 the recipes' end-to-end distillation (CE + KL on the same fit clips).
 
     python -m benchmarks.recovery                     # every variant, table on stdout
-    python -m benchmarks.recovery --variants default --json
+    python -m benchmarks.recovery --variants "spaced + local then patch (refit)" --json
     python -m benchmarks.recovery --global-steps 100 --out benchmarks/results/recovery
 
 With ``--json`` it prints one JSON object: ``default_start_agreement`` (the recipes' default start,
@@ -25,21 +25,21 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-VARIANTS = {  # name -> StartConfig fields over the defaults' (recipes/start.py)
-    "default": {},
-    "pairs-a0.5 as built": dict(layers="pairs", alpha=0.5, patch="none", local_steps=0),
-    "pairs-a0.2 as built": dict(layers="pairs", alpha=0.2, patch="none", local_steps=0),
-    "upper as built": dict(layers="upper", patch="none", local_steps=0),
-    "lower as built": dict(layers="lower", patch="none", local_steps=0),
-    "spaced as built": dict(patch="none", local_steps=0),
-    "pairs-a0.2 + patch": dict(layers="pairs", alpha=0.2, local_steps=0),
-    "spaced + patch(map)": dict(patch="map", local_steps=0),
-    "spaced + patch(refit)": dict(patch="refit", local_steps=0),
-    "spaced + local(teacher in)": dict(patch="none", local_inputs="teacher"),
-    "spaced + local(student in)": dict(patch="none"),
-    "spaced + patch + local": dict(order="patch-then-local"),
-    "spaced + local + patch(map)": dict(order="local-then-patch", patch="map"),
-    "spaced + local + patch(refit)": dict(order="local-then-patch", patch="refit"),
+from mlx_bald.cli.arg_types import nonneg_int, positive_int
+
+VARIANTS = {  # name -> StartConfig fields over the defaults' (mlx_bald/start_config.py)
+    "pairs averaged (alpha 0.5)": dict(layers="pairs", alpha=0.5, patch="none", local_steps=0),
+    "pairs averaged (alpha 0.2)": dict(layers="pairs", alpha=0.2, patch="none", local_steps=0),
+    "upper layer of each pair": dict(layers="upper", patch="none", local_steps=0),
+    "lower layer of each pair": dict(layers="lower", patch="none", local_steps=0),
+    "spaced (last kept)": dict(patch="none", local_steps=0),
+    "pairs alpha 0.2 + patch (refit)": dict(layers="pairs", alpha=0.2, local_steps=0),
+    "spaced + patch (map)": dict(patch="map", ridge=0.03, local_steps=0),
+    "spaced + patch (refit)": dict(local_steps=0),
+    "spaced + local (teacher inputs)": dict(patch="none", local_inputs="teacher"),
+    "spaced + local (student inputs)": dict(patch="none"),
+    "spaced + patch (refit) then local": dict(order="patch-then-local"),
+    "spaced + local then patch (refit)": {},  # the recipes' default
 }
 EVAL_SETS = ("asterisk-en:test", "librivox")
 
@@ -48,12 +48,13 @@ def _parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.recovery", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="whisper-base")
-    p.add_argument("--keep", type=int, default=3, help="decoder layers the student keeps (default 3)")
+    p.add_argument("--keep", type=positive_int, default=3, help="decoder layers the student keeps (default 3)")
     p.add_argument("--fit-set", default="asterisk-en:train", help="clips the start is fitted on")
-    p.add_argument("--fit-clips", type=int, default=200, help="how many of them (a fixed seeded subset)")
+    p.add_argument("--fit-clips", type=positive_int, default=444, help="how many of them (a fixed seeded subset; "
+                   "asterisk-en:train has 444)")
     p.add_argument("--variants", default="all", help="comma-separated names (see VARIANTS), or all")
-    p.add_argument("--local-steps", type=int, default=None, help="override every variant's local steps")
-    p.add_argument("--global-steps", type=int, default=0, help="end-to-end steps after the start (0: none)")
+    p.add_argument("--local-steps", type=nonneg_int, default=None, help="override every variant's local steps")
+    p.add_argument("--global-steps", type=nonneg_int, default=0, help="end-to-end steps after the start (0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--out", type=Path, default=None, help="write recovery.json and recovery.md here")
     return p.parse_args(argv)
@@ -115,24 +116,45 @@ def run(a: argparse.Namespace) -> dict:
     fit_batches = _batches(*fit, vocab)
     eval_batches = [b for s in EVAL_SETS for b in _batches(*_labelled(base, a.model, s, None), vocab)]
     out = {"model": a.model, "keep": a.keep, "fit_set": f"{a.fit_set} ({len(fit[0])} clips)",
-           "eval_sets": list(EVAL_SETS), "base": teacher_forced_scores(base, eval_batches, eot), "variants": []}
+           "eval_sets": list(EVAL_SETS), "global_steps": a.global_steps, "base": teacher_forced_scores(base, eval_batches, eot), "variants": []}
     names = list(VARIANTS) if a.variants == "all" else [v.strip() for v in a.variants.split(",")]
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
+    done = _earlier_rows(a, out)
     for name in names:
+        if name in done:  # measured by an earlier run into the same --out with the same setting
+            out["variants"].append(done[name])
+            continue
         cfg = replace(StartConfig(), **VARIANTS[name])
         if a.local_steps is not None and cfg.local_steps:
             cfg = replace(cfg, local_steps=a.local_steps)
         t0 = time.time()
         student, spec, report = build_start(base, a.keep, fit_batches, cfg, progress=not a.json)
-        row = {"variant": name, "config": vars(cfg).copy(), "start_seconds": round(time.time() - t0, 1),
+        row = {"variant": name, "default": cfg == StartConfig(), "config": vars(cfg).copy(),
+               "start_seconds": round(time.time() - t0, 1),
                "start": teacher_forced_scores(student, eval_batches, eot)}
         if a.global_steps:
             _global(student, base, spec, fit, a.global_steps, vocab)
             row[f"after_{a.global_steps}_steps"] = teacher_forced_scores(student, eval_batches, eot)
         out["variants"].append(row)
         print(f"[recovery] {name}: {row['start']} ({row['start_seconds']} s)", file=sys.stderr, flush=True)
-    default = next((r for r in out["variants"] if r["variant"] == "default"), None)
+        if a.out:  # every finished row is kept, so a long run can be read (and resumed by hand) midway
+            _write(a.out, out)
+    default = next((r for r in out["variants"] if r["default"]), None)
     out["default_start_agreement"] = default["start"]["agreement"] if default else None
     return out
+
+
+def _earlier_rows(a: argparse.Namespace, out: dict) -> dict[str, dict]:
+    """Rows of an interrupted run into the same ``--out`` with the same model, set and steps."""
+    path = a.out / "recovery.json" if a.out else None
+    if path is None or not path.is_file():
+        return {}
+    before = json.loads(path.read_text())
+    if any(before.get(k) != out[k] for k in ("model", "keep", "fit_set")) or before.get("global_steps", 0) != a.global_steps:
+        return {}
+    return {r["variant"]: r for r in before.get("variants", [])}
 
 
 def markdown(res: dict) -> str:
@@ -141,18 +163,22 @@ def markdown(res: dict) -> str:
     lines = [head, "|---" * (4 + len(after)) + "|",
              f"| {res['model']} itself | {res['base']['agreement']} | {res['base']['ce']} | |" + " |" * len(after)]
     for r in res["variants"]:
-        lines.append(f"| {r['variant']} | {r['start']['agreement']} | {r['start']['ce']} | {r['start_seconds']} |"
+        lines.append(f"| {r['variant']}{' (default)' if r['default'] else ''} | {r['start']['agreement']} | {r['start']['ce']} | {r['start_seconds']} |"
                      + "".join(f" {r[k]['agreement']} / {r[k]['ce']} |" for k in after))
     return "\n".join(lines) + "\n"
+
+
+def _write(folder: Path, res: dict) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "recovery.json").write_text(json.dumps(res, indent=2))
+    (folder / "recovery.md").write_text(markdown(res))
 
 
 def main(argv=None) -> None:
     a = _parse(argv)
     res = run(a)
     if a.out:
-        a.out.mkdir(parents=True, exist_ok=True)
-        (a.out / "recovery.json").write_text(json.dumps(res, indent=2))
-        (a.out / "recovery.md").write_text(markdown(res))
+        _write(a.out, res)
     print(json.dumps(res) if a.json else markdown(res))
 
 

@@ -69,16 +69,31 @@ def captured(model: nn.Module, want: dict[int, Sequence[str]],
             h.remove()
 
 
+class _Stop(Exception):
+    """Raised once the last layer asked for has run: the layers above it are not needed."""
+
+
 @torch.no_grad()
 def layer_rows(model: nn.Module, batches: Iterable[dict], want: dict[int, Sequence[str]]
                ) -> dict[int, dict[str, torch.Tensor]]:
     """The parts ``want`` asks for (see ``captured``) at every real position of ``batches``,
     concatenated into [rows, width] float32 tensors (CPU)."""
     rows: dict[int, dict[str, list[torch.Tensor]]] = {i: {p: [] for p in parts} for i, parts in want.items()}
+    last = _layers(model)[max(want)]
+
+    def stop(_m, _args, _out):
+        raise _Stop
+
     for batch in batches:
         keep = real_positions(batch["labels"])
         with captured(model, want) as seen:
-            decoder_forward(model, batch)
+            handle = last.register_forward_hook(stop)  # after captured's own hooks on that layer
+            try:
+                decoder_forward(model, batch)
+            except _Stop:
+                pass
+            finally:
+                handle.remove()
         for i, parts in want.items():
             for p in parts:
                 rows[i][p].append(seen[i][p][keep.to(seen[i][p].device)].float().cpu())

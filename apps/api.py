@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import mlx_bald  # noqa: F401  (OpenBLAS before mlx.core, which mlx_whisper imports)
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse

@@ -28,8 +28,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import numpy as np
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
@@ -281,14 +282,15 @@ class TranscriptionServer:
         self.worker.stop()
 
 
-def mlx_transcriber(audio, target: str, options: dict) -> dict:
+def mlx_transcriber(audio: np.ndarray, target: str, options: dict) -> dict:
     """The real transcriber: mlx_bald.transcribe on the inference thread."""
     from mlx_bald.transcribe import transcribe
 
     return transcribe(audio, model=target, **options)
 
 
-def mlx_batch_transcriber(target: str, audios: list, options: dict, on_segment=None) -> list[dict]:
+def mlx_batch_transcriber(target: str, audios: list[np.ndarray], options: dict,
+                          on_segment: Callable[[int, dict], None] | None = None) -> list[dict]:
     """Several requests with the same options as one batch (mlx_bald.batched), on the inference
     thread. An audio of one window is that window; a longer one is cut where Silero VAD hears no
     speech (fixed 30 s windows would cut words at their edges)."""

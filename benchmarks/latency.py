@@ -1,4 +1,4 @@
-"""Latency of one short utterance, end to end (issue #30), measured side by side in one run.
+"""Latency of one short utterance, end to end, measured side by side in one run.
 
 - **Utterances** of about 2, 5 and 10 s of real speech: the asterisk-en:test and LibriVox
   clips (and pairs of LibriVox clips joined by 0.3 s of silence) nearest each length.
@@ -17,7 +17,7 @@
   (``benchmarks.serving.batching``), if the server can be started.
 - M1 figures of the cost model (bandwidth/compute floors) per utterance length.
 
-The short-context model (issue #30 item 1) is not built: ``short_speedup`` and its WER are null.
+The short-context model is not built: ``short_speedup`` and its WER are null.
 
     python -m benchmarks.latency --json
     python -m benchmarks.latency --per-length 1 --rounds 1 --wer-limit 10 --no-server   # smaller
@@ -38,7 +38,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = (2.0, 5.0, 10.0)
 GAP = 0.3  # seconds of silence between two joined clips
-NOT_BUILT = "not built: no short-context model exists yet (issue #30 item 1)"
+NOT_BUILT = "not built: no short-context model exists yet"
 
 
 def utterances(per_length: int) -> list[dict]:
@@ -60,7 +60,7 @@ def utterances(per_length: int) -> list[dict]:
 
 
 class TodaysPath:
-    """The model as mlx-bald decoded before issue #30: mlx-whisper's decoding loop and filters."""
+    """The model as mlx-bald decoded before the device loop: mlx-whisper's decoding loop and filters."""
 
     def __init__(self, model) -> None:
         self.model = model

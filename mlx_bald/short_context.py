@@ -1,4 +1,4 @@
-"""Short audio context (issue #30 item 1, runtime side): a clip encoded on its own frames,
+"""Short audio context (runtime side): a clip encoded on its own frames,
 rounded up to a bucket, instead of a padded 30 s window -- only for a model whose spec says it
 was tuned for it (``CompressionSpec.short_context_s``) and only for clips up to that length.
 

@@ -9,7 +9,7 @@ wall times, their ratio, whether all texts are identical, and where one request'
 one as `mlx-bald transcribe` does by default, (b) in batched 30 s windows, (c) with --vad;
 wall time and WER (Whisper's English normaliser) of each.
 
-``load`` (issue #31): a real server in its own process on 127.0.0.1 answers a bounded number of
+``load``: a real server in its own process on 127.0.0.1 answers a bounded number of
 json requests for short real clips (the LibriVox clips cut to --clip-seconds), --concurrency at a
 time; p50/p95 latency, throughput, errors (non-200 answers), lost requests (no answer), whether
 each clip's text was the same every time, and the server's RSS after 10 and after all requests.

@@ -14,7 +14,7 @@ import mlx.core as mx
 from mlx_bald.audio import load_audio
 from mlx_bald.hub import resolve_model
 
-_models: dict[str, Any] = {}
+_models: dict[str, tuple[Any, threading.Thread]] = {}  # key -> (model, the thread that loaded it)
 _pairs: dict[tuple[str, str], Any] = {}  # (target key, draft key) -> SpeculativeWhisper
 _lock = threading.Lock()
 
@@ -39,9 +39,14 @@ def get_model(name_or_path: str | Path | None = None, dtype: mx.Dtype | None = N
     dtype = dtype or default_dtype()
     key, folder = _key(name_or_path, dtype)
     with _lock:
-        if key not in _models:
-            _models[key] = load_model(folder, dtype=dtype)
-        model = _models[key]
+        # A model loaded by a thread that has ended fails to decode in another thread
+        # ("There is no Stream(cpu, N) in current thread", MLX 0.32: a server stopped, another
+        # started in the same process): such a model is loaded again, and its pairs rebuilt.
+        if key not in _models or not _models[key][1].is_alive():
+            _models[key] = (load_model(folder, dtype=dtype), threading.current_thread())
+            for pair in [p for p in _pairs if key in p]:
+                del _pairs[pair]
+        model = _models[key][0]
     if draft is None:
         return model
     draft_model = get_model(draft, dtype)

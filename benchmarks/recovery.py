@@ -9,7 +9,7 @@ cross-entropy (nats/token on them). ``--global-steps N`` adds the same scores af
 the recipes' end-to-end distillation (CE + KL on the same fit clips).
 
     python -m benchmarks.recovery                     # every variant, table on stdout
-    python -m benchmarks.recovery --variants "spaced + local then patch (refit)" --json
+    python -m benchmarks.recovery --variants "spaced + local (student inputs)" --json
     python -m benchmarks.recovery --global-steps 100 --out benchmarks/results/recovery
 
 With ``--json`` it prints one JSON object: ``default_start_agreement`` (the recipes' default start,
@@ -33,13 +33,13 @@ VARIANTS = {  # name -> StartConfig fields over the defaults' (mlx_bald/start_co
     "upper layer of each pair": dict(layers="upper", patch="none", local_steps=0),
     "lower layer of each pair": dict(layers="lower", patch="none", local_steps=0),
     "spaced (last kept)": dict(patch="none", local_steps=0),
-    "pairs alpha 0.2 + patch (refit)": dict(layers="pairs", alpha=0.2, local_steps=0),
+    "pairs alpha 0.2 + patch (refit)": dict(layers="pairs", alpha=0.2, patch="refit", local_steps=0),
     "spaced + patch (map)": dict(patch="map", ridge=0.03, local_steps=0),
-    "spaced + patch (refit)": dict(local_steps=0),
-    "spaced + local (teacher inputs)": dict(patch="none", local_inputs="teacher"),
-    "spaced + local (student inputs)": dict(patch="none"),
-    "spaced + patch (refit) then local": dict(order="patch-then-local"),
-    "spaced + local then patch (refit)": {},  # the recipes' default
+    "spaced + patch (refit)": dict(patch="refit", local_steps=0),
+    "spaced + local (teacher inputs)": dict(local_inputs="teacher"),
+    "spaced + local (student inputs)": {},  # the recipes' default
+    "spaced + patch (refit) then local": dict(patch="refit", order="patch-then-local"),
+    "spaced + local then patch (refit)": dict(patch="refit"),
 }
 EVAL_SETS = ("asterisk-en:test", "librivox")
 
@@ -148,13 +148,16 @@ def run(a: argparse.Namespace) -> dict:
 
 def _earlier_rows(a: argparse.Namespace, out: dict) -> dict[str, dict]:
     """Rows of an interrupted run into the same ``--out`` with the same model, set and steps."""
+    from mlx_bald.start_config import StartConfig
+
     path = a.out / "recovery.json" if a.out else None
     if path is None or not path.is_file():
         return {}
     before = json.loads(path.read_text())
     if any(before.get(k) != out[k] for k in ("model", "keep", "fit_set")) or before.get("global_steps", 0) != a.global_steps:
         return {}
-    return {r["variant"]: r for r in before.get("variants", [])}
+    # which row is the default is today's StartConfig's say, not the earlier run's
+    return {r["variant"]: r | {"default": StartConfig(**r["config"]) == StartConfig()} for r in before.get("variants", [])}
 
 
 def markdown(res: dict) -> str:

@@ -12,7 +12,7 @@ LAYER_CHOICES = ("spaced", "pairs", "lower", "upper")
 class StartConfig:
     layers: str = "spaced"  # one of LAYER_CHOICES (see start_groups)
     alpha: float = 0.5  # "pairs" only: the lower layer's weight
-    patch: str = "refit"  # "none" or an ops.patch.PATCH_KINDS entry
+    patch: str = "none"  # or an ops.patch.PATCH_KINDS entry ("refit": best of the patches measured)
     ridge: float = 0.3
     relative: bool = True  # weigh tokens by 1/|target|^2 in the patch fit (ops/patch.py)
     local_steps: int = 300

@@ -103,9 +103,9 @@ def register(sub) -> argparse.ArgumentParser:
                         "default: adjacent pairs of the model's decoder layers (0-1,2-3,4-5 for base)")
     p.add_argument("--start", choices=("spaced", "pairs"), default="spaced",
                    help="how the shallower decoder starts: 'spaced' keeps maximally spaced teacher layers (the "
-                        "last always; as many as --groups has groups), fits a least-squares patch into each kept "
-                        "layer and distils it locally (measured: python -m benchmarks.recovery); 'pairs' averages "
-                        "the --groups with a searched --alpha (the BaldWhisper paper's merge)")
+                        "last always; as many layers as the --groups merge leaves) and distils each locally, "
+                        "optionally with a least-squares patch (measured: python -m benchmarks.recovery); 'pairs' "
+                        "averages the --groups with a searched --alpha (the BaldWhisper paper's merge)")
     p.add_argument("--start-patch", choices=("none", "map", "refit"), default=StartConfig.patch,
                    help="--start spaced: closed-form patch of each kept layer's fc2 (none, map: a d x d map after "
                         "fc2, refit: fc2 refitted), folded into the weights")

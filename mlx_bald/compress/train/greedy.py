@@ -89,10 +89,11 @@ def greedy_transcribe(model, encoder_states: torch.Tensor, language: str | None,
 
 
 def fallback_transcribe(model, encoder_states: torch.Tensor, language: str | None, max_new_tokens: int = 120,
-                        seed: int = 0) -> list[Hypothesis]:
-    """As users decode (mlx-whisper's transcribe rule): greedy, and a hypothesis that loops,
-    repeats itself or is unlikely is re-decoded by sampling at rising temperatures (seeded)."""
-    hyps = decode_hypotheses(model, encoder_states, language, max_new_tokens)
+                        seed: int = 0, greedy: list[Hypothesis] | None = None) -> list[Hypothesis]:
+    """As users decode (mlx-whisper's transcribe rule): greedy (or the ``greedy`` hypotheses
+    given), and a hypothesis that loops, repeats itself or is unlikely is re-decoded by sampling
+    at rising temperatures (seeded)."""
+    hyps = list(greedy) if greedy is not None else decode_hypotheses(model, encoder_states, language, max_new_tokens)
     gen = torch.Generator().manual_seed(seed)
     for i, h in enumerate(hyps):
         for temp in FALLBACK_TEMPERATURES:
@@ -130,28 +131,34 @@ def greedy_pseudo_labels(model, ids: Sequence[str], languages: Mapping[str, str 
 
 
 def dev_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120, decode: str = "greedy") -> float:
-    """Corpus WER (%) of ``model`` on ``clips`` using their cached encoder states."""
-    return decoded_wer(model, clips, cache, batch_size, max_new_tokens, decode)["wer"]
+    """Corpus WER (%) of ``model`` on ``clips`` using their cached encoder states, decoded
+    ``greedy`` or with the ``fallback`` users get."""
+    scores = decoded_wer(model, clips, cache, batch_size, max_new_tokens, fallback=decode == "fallback")
+    return scores["wer"] if decode == "fallback" else scores["greedy"]
 
 
 def decoded_wer(model, clips, cache, batch_size: int = 8, max_new_tokens: int = 120,
-                decode: str = "greedy") -> dict[str, float]:
-    """{"wer": corpus WER (%), "loops": hypotheses that loop} of ``model`` on ``clips``, decoded
-    ``greedy`` or with the ``fallback`` users get (fallback_transcribe)."""
-    from mlx_bald.compress.train.clip_store import load_cached_encoder_output
+                fallback: bool = True) -> dict[str, float]:
+    """{"greedy": corpus WER (%) decoded greedily, "loops": greedy hypotheses that loop, and with
+    ``fallback`` "wer": the WER as users decode (fallback_transcribe, on the same greedy pass)}."""
+    from mlx_bald.compress.train.distill import load_cached_encoder_output
     from mlx_bald.evaluate import corpus_wer
 
     model.eval()
-    hyps: list[Hypothesis] = []
+    greedy: list[Hypothesis] = []
+    users: list[Hypothesis] = []
     for start in range(0, len(clips), batch_size):
         chunk = clips[start:start + batch_size]
         states = torch.stack([load_cached_encoder_output(cache, c.id) for c in chunk])
-        if decode == "fallback":
-            hyps += fallback_transcribe(model, states, chunk[0].language, max_new_tokens, seed=start)
-        else:
-            hyps += decode_hypotheses(model, states, chunk[0].language, max_new_tokens)
-    wer, _ = corpus_wer([c.text for c in clips], [h.text for h in hyps], clips[0].language)
-    return {"wer": wer, "loops": sum(h.looping for h in hyps)}
+        hyps = decode_hypotheses(model, states, chunk[0].language, max_new_tokens)
+        greedy += hyps
+        if fallback:
+            users += fallback_transcribe(model, states, chunk[0].language, max_new_tokens, seed=start, greedy=hyps)
+    refs, lang = [c.text for c in clips], clips[0].language
+    out = {"greedy": corpus_wer(refs, [h.text for h in greedy], lang)[0], "loops": sum(h.looping for h in greedy)}
+    if fallback:
+        out["wer"] = corpus_wer(refs, [h.text for h in users], lang)[0]
+    return out
 
 
 @torch.no_grad()

@@ -151,10 +151,16 @@ def test_hub_spec_is_parsed_and_offline_is_clear(audio, monkeypatch):
             raise ConnectionError("Couldn't reach 'offline/set' on the Hub")
         return datasets.Dataset.from_dict({"audio": [str(audio / "a.wav")], "sentence": ["hi"], "locale": ["cs"]})
 
+    import mlx_bald.data.hf as hf
+
     monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    monkeypatch.setattr(hf, "hub_unreachable", lambda: None)  # the hub answers; the dataset fails
     clips = load_set("hf:org/cv:cs:test[:10]")
     assert calls == [("org/cv", "cs", "test[:10]")] and [(c.text, c.language) for c in clips] == [("hi", "cs")]
     load_set("hf:org/other:train")
     assert calls[-1] == ("org/other", None, "train")
     with pytest.raises(MlxBaldError, match=r"hf:offline/set:test: could not load .*Offline\? .*save_to_disk"):
+        load_set("hf:offline/set:test")
+    monkeypatch.setattr(hf, "hub_unreachable", lambda: "huggingface.co:443: refused")  # no hub at all
+    with pytest.raises(MlxBaldError, match=r"hf:offline/set:test: cannot reach the Hugging Face hub .*save_to_disk"):
         load_set("hf:offline/set:test")

@@ -307,7 +307,12 @@ def mlx_batch_transcriber(target: str, audios: list[np.ndarray], options: dict,
             probs = speech_probabilities(audio)
             spans += chunk_spans(i, speech_spans(probs, len(audio), pad=0.2))
     keep = {k: options[k] for k in OPTIONS if k in options}
-    return transcribe_many(audios, target, batch_size=8, spans=spans, on_segment=on_segment, **keep)
+    try:
+        return transcribe_many(audios, target, batch_size=8, spans=spans, on_segment=on_segment, **keep)
+    finally:
+        import mlx.core as mx
+
+        mx.clear_cache()  # MLX keeps freed buffers of every batch shape it met: RSS grew with load
 
 
 def make_server(models: dict[str, str], host: str = "127.0.0.1", port: int = 8000,

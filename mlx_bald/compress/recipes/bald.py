@@ -335,8 +335,8 @@ def _started(run: _Run, teacher, texts) -> tuple[torch.nn.Module, CompressionSpe
         return student.to(run.device), spec
     epoch = run.batches(texts, 4)(0)
     batches = [epoch[i] for i in range(min(len(epoch), -(-o.start_fit_clips // o.batch_size)))]
-    cfg = StartConfig(layers="spaced", patch=o.start_patch, ridge=o.start_ridge, local_steps=o.local_steps,
-                      local_lr=o.lr)
+    # the local rate stays the measured one (StartConfig), not the end-to-end stages' --lr
+    cfg = StartConfig(layers="spaced", patch=o.start_patch, ridge=o.start_ridge, local_steps=o.local_steps)
     n_keep = run.base.config.decoder_layers - sum(len(g) - 1 for g in o.groups)  # as many blocks as the merge
     _log(f"start: {n_keep} of {run.base.config.decoder_layers} decoder layers, spaced, patch {o.start_patch}, "
          f"{o.local_steps} local steps, on {len(batches)} batches")

@@ -79,15 +79,6 @@ def _labelled(base, model: str, spec: str, n: int | None):
     return clips, cache, labels
 
 
-def _batches(clips, cache, labels, vocab: int, batch_size: int = 8) -> list[dict]:
-    from mlx_bald.compress.recipes.bald import PSEUDO_LABEL_TOKENS
-    from mlx_bald.compress.train.data import batches_from_cache
-
-    epoch = batches_from_cache(clips, cache, batch_size, 0, texts=labels, vocab=vocab,
-                               max_tokens=PSEUDO_LABEL_TOKENS + 8)(0)
-    return [epoch[i] for i in range(len(epoch))]
-
-
 def _global(student, teacher, spec, fit, steps: int, vocab: int) -> None:
     """The recipes' end-to-end stage (CE on base's tokens + KL), ``steps`` steps."""
     from mlx_bald.compress.recipes.bald import PSEUDO_LABEL_TOKENS
@@ -103,9 +94,10 @@ def _global(student, teacher, spec, fit, steps: int, vocab: int) -> None:
 def run(a: argparse.Namespace) -> dict:
     import torch
 
+    from mlx_bald.compress.recipes.bald import PSEUDO_LABEL_TOKENS
     from mlx_bald.compress.recipes.start import StartConfig, build_start
     from mlx_bald.compress.train.data import tokenizer
-    from mlx_bald.compress.train.decoder_states import teacher_forced_scores
+    from mlx_bald.compress.train.decoder_states import teacher_forced_scores, token_batches
     from mlx_bald.torch_ref import load_torch_model
 
     torch.manual_seed(0)
@@ -113,8 +105,9 @@ def run(a: argparse.Namespace) -> dict:
     vocab = base.config.vocab_size
     eot = tokenizer(vocab).eot
     fit = _labelled(base, a.model, a.fit_set, a.fit_clips)
-    fit_batches = _batches(*fit, vocab)
-    eval_batches = [b for s in EVAL_SETS for b in _batches(*_labelled(base, a.model, s, None), vocab)]
+    fit_batches = token_batches(*fit, vocab, PSEUDO_LABEL_TOKENS)
+    eval_batches = [b for s in EVAL_SETS for b in token_batches(*_labelled(base, a.model, s, None), vocab,
+                                                             PSEUDO_LABEL_TOKENS)]
     out = {"model": a.model, "keep": a.keep, "fit_set": f"{a.fit_set} ({len(fit[0])} clips)",
            "eval_sets": list(EVAL_SETS), "global_steps": a.global_steps, "base": teacher_forced_scores(base, eval_batches, eot), "variants": []}
     names = list(VARIANTS) if a.variants == "all" else [v.strip() for v in a.variants.split(",")]

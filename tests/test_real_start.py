@@ -13,17 +13,18 @@ def test_patched_spaced_start_is_near_base_where_the_average_is_not():
     import copy
     from dataclasses import replace
 
-    from benchmarks.recovery import _batches, _labelled
+    from benchmarks.recovery import _labelled
+    from mlx_bald.compress.recipes.bald import PSEUDO_LABEL_TOKENS
     from mlx_bald.compress.recipes.start import StartConfig, build_start
     from mlx_bald.compress.train.data import tokenizer
-    from mlx_bald.compress.train.decoder_states import teacher_forced_scores
+    from mlx_bald.compress.train.decoder_states import teacher_forced_scores, token_batches
     from mlx_bald.torch_ref import load_torch_model
 
     base = copy.deepcopy(load_torch_model("whisper-base")).eval()
     vocab = base.config.vocab_size
     eot = tokenizer(vocab).eot
-    fit = _batches(*_labelled(base, "whisper-base", "asterisk-en:train", 48), vocab)
-    held_out = _batches(*_labelled(base, "whisper-base", "asterisk-en:test", None), vocab)[:3]
+    fit = token_batches(*_labelled(base, "whisper-base", "asterisk-en:train", 48), vocab, PSEUDO_LABEL_TOKENS)
+    held_out = token_batches(*_labelled(base, "whisper-base", "asterisk-en:test", None), vocab, PSEUDO_LABEL_TOKENS)[:3]
     assert teacher_forced_scores(base, held_out, eot)["agreement"] > 97  # base on its own greedy tokens
 
     patched = replace(StartConfig(), patch="refit", local_steps=0)

@@ -64,8 +64,8 @@ class BaldOptions:
     lr: float = 1.5e-4  # students: a merged decoder starts near-random (dev CE 17 vs 1.05)
     teacher_lr: float = 1e-5  # the usual Whisper fine-tuning rate: higher damages base here
     # how the depth-reduced decoder starts (recipes/start.py, measured by benchmarks.recovery):
-    # "spaced" keeps maximally spaced teacher layers (the last always), fits least-squares patches
-    # and distils each layer locally; "pairs" averages adjacent pairs with a searched alpha
+    # "spaced" keeps maximally spaced teacher layers (the last always) and distils each locally,
+    # with an optional least-squares patch; "pairs" averages adjacent pairs with a searched alpha
     start: str = "spaced"
     start_patch: str = StartConfig.patch
     start_ridge: float = StartConfig.ridge
@@ -192,7 +192,7 @@ class _Run(RecipeRun):
 
     def agreement(self, model, teacher, clips, cache, name: str) -> float:
         """% of the teacher's greedy tokens on ``clips`` that ``model`` reproduces, teacher-forced."""
-        from mlx_bald.compress.train.decoder_states import teacher_forced_scores
+        from mlx_bald.compress.train.decoder_states import teacher_forced_scores, token_batches
 
         ids = [c.id for c in clips]
         with main_first():
@@ -201,8 +201,8 @@ class _Run(RecipeRun):
                 lambda chunk: torch.stack([load_cached_encoder_output(cache, i) for i in chunk]),
                 self.work / f"teacher_labels-{name}.json", f"teacher tokens ({name})", max_new_tokens=PSEUDO_LABEL_TOKENS)
         vocab = self.base.config.vocab_size
-        epoch = batches_from_cache(clips, cache, 16, 0, texts=labels, vocab=vocab, max_tokens=PSEUDO_LABEL_TOKENS + 8)(0)
-        return teacher_forced_scores(model, (epoch[i] for i in range(len(epoch))), tokenizer(vocab).eot)["agreement"]
+        batches = token_batches(clips, cache, labels, vocab, PSEUDO_LABEL_TOKENS, batch_size=16)
+        return teacher_forced_scores(model, batches, tokenizer(vocab).eot)["agreement"]
 
 
 def _pseudo_labels(run: _Run) -> dict[str, str]:
@@ -329,6 +329,7 @@ def _started(run: _Run, teacher, texts) -> tuple[torch.nn.Module, CompressionSpe
     """The start stage (recipes/start.py) on the first ``start_fit_clips`` training clips,
     teacher-forced on the training targets; saved under work/start, so a rerun reuses it."""
     from mlx_bald.compress.ops.model import load_compressed
+
     o, folder = run.o, run.work / "start"
     if (folder / "model.safetensors").is_file():
         student, spec = load_compressed(folder)

@@ -100,6 +100,18 @@ def layer_rows(model: nn.Module, batches: Iterable[dict], want: dict[int, Sequen
     return {i: {p: torch.cat(v) for p, v in parts.items()} for i, parts in rows.items()}
 
 
+def token_batches(clips, cache, labels: dict[str, str], vocab: int, transcript_tokens: int,
+                  batch_size: int = 8) -> list[dict]:
+    """Batches (encoder states, tokens, labels) of ``clips`` teacher-forced on ``labels`` (a
+    teacher's transcripts by clip id, decoded with at most ``transcript_tokens`` tokens, which
+    are never cut), in a fixed order."""
+    from mlx_bald.compress.train.data import batches_from_cache
+
+    room = transcript_tokens + 8  # the prompt (at most 4 tokens) and end-of-text
+    epoch = batches_from_cache(clips, cache, batch_size, 0, texts=labels, vocab=vocab, max_tokens=room)(0)
+    return [epoch[i] for i in range(len(epoch))]
+
+
 def suppressed_logits(logits: torch.Tensor, eot: int) -> torch.Tensor:
     """Logits with every special and timestamp token after eot masked, as the recipes' greedy
     decoder masks them (train/greedy.py), so an argmax is a token greedy decoding could pick."""

@@ -23,7 +23,7 @@ FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)  # mlx-whisper's transcri
 # the mlx-whisper decoding options transcribe_many takes (the others need the one-by-one decoder)
 OPTIONS = ("language", "task", "temperature", "initial_prompt", "compression_ratio_threshold",
            "logprob_threshold", "no_speech_threshold", "beam_size", "patience", "length_penalty",
-           "draft_model")
+           "draft_model", "short_context")
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,20 @@ def transcribe_many(audios: Sequence[np.ndarray], model=None, batch_size: int = 
                     compression_ratio_threshold: float | None = 2.4, logprob_threshold: float | None = -1.0,
                     no_speech_threshold: float | None = 0.6, initial_prompt: str | None = None,
                     on_segment: Callable[[int, dict], None] | None = None,
-                    dtype: mx.Dtype | None = None, draft_model: str | None = None) -> list[dict]:
+                    dtype: mx.Dtype | None = None, draft_model: str | None = None,
+                    short_context: bool | None = None) -> list[dict]:
     """mlx-whisper-shaped results (text, segments, language), one per input.
 
     ``audios``: 16 kHz mono float32 arrays. ``spans``: the chunks to decode (e.g. from
     ``mlx_bald.vad.speech_spans``), each at most 30 s; default: 30 s windows of every input.
     ``on_segment(item, segment)`` is called as each chunk's segment is ready (input order
     within an item), for streaming. ``draft_model``: speculative decoding, which applies to
-    batches of one chunk (``batch_size=1``); larger batches decode without it (said once)."""
+    batches of one chunk (``batch_size=1``); larger batches decode without it (said once).
+    ``short_context``: as ``mlx_bald.transcribe.transcribe``'s, per batch of chunks (a batch whose
+    chunks all fit the model's tuned length runs on the bucket of its longest)."""
     from mlx_whisper.decoding import DecodingOptions
 
+    from mlx_bald.short_context import frames_for
     from mlx_bald.transcribe import default_dtype, get_model
 
     if batch_size < 1:
@@ -100,10 +104,11 @@ def transcribe_many(audios: Sequence[np.ndarray], model=None, batch_size: int = 
     for first in range(0, len(spans), batch_size):
         group = spans[first: first + batch_size]
         mels = [_mel(audios[s.item], s, m.dims.n_mels, dtype) for s in group]
-        results = m.decode(mx.stack(mels), base)
-        for span, mel, result in zip(group, mels, results):
-            result = _with_fallback(m, mel, result, base, temps, compression_ratio_threshold,
-                                    logprob_threshold, no_speech_threshold)
+        with frames_for(m, [int(round(s.seconds * SAMPLE_RATE)) for s in group], short_context):
+            results = m.decode(mx.stack(mels), base)
+            results = [_with_fallback(m, mel, r, base, temps, compression_ratio_threshold, logprob_threshold,
+                                      no_speech_threshold) for mel, r in zip(mels, results)]
+        for span, result in zip(group, results):
             if languages[span.item] is None:
                 languages[span.item] = result.language
             if _silent(result, logprob_threshold, no_speech_threshold) or not result.text.strip():

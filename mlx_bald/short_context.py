@@ -3,12 +3,19 @@ rounded up to a bucket, instead of a padded 30 s window -- only for a model whos
 was tuned for it (``CompressionSpec.short_context_s``) and only for clips up to that length.
 
 An untuned Whisper run on a short context loops and hallucinates (whisper.cpp's ``audio_ctx``:
-WER 4.31 -> 85.34 on long audio), so forcing it on such a model is refused. No tuned model
-exists yet; transcription does not call this module until one does.
+WER 4.31 -> 85.34 on long audio), so forcing it on such a model is refused. A tuned model comes
+from ``mlx-bald compress --recipe short-context``.
+
+Transcription reaches the encoder through mlx-whisper's decoding, which always hands it a padded
+30 s mel; ``frames_for`` opens a context (per thread, per model) in which that encoder runs on
+the first frames only.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import mlx_bald  # noqa: F401  (OpenBLAS before mlx.core)
 import mlx.core as mx
@@ -63,3 +70,32 @@ def encode(model, audio: np.ndarray, force: bool | None = None) -> mx.array:
         n = bucket_frames(len(audio), full)
         return model.encoder(pad_or_trim(mel[:n], n, axis=-2)[None].astype(dtype), short=True)
     return model.embed_audio(pad_or_trim(mel[:full], full, axis=-2)[None].astype(dtype))
+
+
+# id(encoder) -> mel frames it runs a full-window mel on; a ContextVar, so threads do not mix
+_ACTIVE: ContextVar[dict[int, int]] = ContextVar("mlx_bald_short_context", default={})
+
+
+def active_frames(encoder) -> int | None:
+    """Frames ``encoder`` should run a full-window mel on, inside ``frames_for``; else None."""
+    return _ACTIVE.get().get(id(encoder))
+
+
+@contextmanager
+def frames_for(model, n_samples: int | Sequence[int], force: bool | None = None) -> Iterator[int | None]:
+    """While open, ``model``'s encoder runs the padded 30 s mels it is given on the bucket of the
+    longest of ``n_samples`` (one clip or a batch's), if ``use_short_context`` holds for every
+    one of them (else full windows, or a refusal where ``force``). Yields the frames, or None."""
+    target = getattr(model, "target", model)  # a speculative pair: the target's encoder
+    lengths = [n_samples] if isinstance(n_samples, int) else list(n_samples)
+    full = 2 * target.dims.n_audio_ctx
+    short = bool(lengths) and all([use_short_context(target, n, force) for n in lengths])
+    frames = max(bucket_frames(n, full) for n in lengths) if short else None
+    if frames is None or frames >= full:
+        yield None
+        return
+    token = _ACTIVE.set({**_ACTIVE.get(), id(target.encoder): frames})
+    try:
+        yield frames
+    finally:
+        _ACTIVE.reset(token)

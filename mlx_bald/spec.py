@@ -106,6 +106,10 @@ class CompressionSpec:
     # tuned for a short audio context: clips up to this many seconds may be encoded on their own
     # frames (rounded up to a bucket) instead of a 30 s window; None: full windows only
     short_context_s: float | None = None
+    # learned encoder positions appended to a short context (the encoder weight
+    # ``short_registers`` [layers, n, d], set before every layer): they stand in for the padding
+    # a 30 s window would hold (compress/ops/short_context.py)
+    short_context_registers: int = 0
     recipe: list[str] = field(default_factory=list)  # e.g. ["bald", "adaptwin"]
     notes: dict[str, Any] = field(default_factory=dict)  # provenance: teacher, data, seed
     version: int = SPEC_VERSION
@@ -160,6 +164,8 @@ class CompressionSpec:
                                 "be combined with quantization")
         if self.short_context_s is not None and not 0 < self.short_context_s <= 30:
             raise SpecError(f"short_context_s must be in (0, 30] seconds, not {self.short_context_s}")
+        if self.short_context_registers < 0 or (self.short_context_registers and self.short_context_s is None):
+            raise SpecError("short_context_registers must be >= 0, and needs short_context_s")
         if self.quantization is not None and self.quantization.bits not in QUANT_BITS:
             raise SpecError(f"quantization bits {self.quantization.bits} not supported")
 
@@ -185,6 +191,7 @@ class CompressionSpec:
                 quantization=Quantization(**q) if q else None,
                 head=ShortlistHead(**head) if head else None,
                 short_context_s=d.get("short_context_s"),
+                short_context_registers=int(d.get("short_context_registers", 0)),
                 recipe=list(d.get("recipe", [])),
                 notes=dict(d.get("notes", {})),
                 version=version,

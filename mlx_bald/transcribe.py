@@ -65,16 +65,21 @@ def transcribe(audio: str | Path | bytes | np.ndarray, model: str | Path | None 
     ``audio``: a path, file bytes, or 16 kHz mono float32 samples. ``options`` are
     mlx_whisper.transcribe's (language, task, temperature, word_timestamps, initial_prompt,
     verbose, ...), plus ``draft_model``: a cheaper model with the same tokenizer for speculative
-    decoding (same result, fewer target passes). Returns mlx-whisper's result dict (text,
-    segments, language)."""
+    decoding (same result, fewer target passes), and ``short_context``: None (default) encodes a
+    clip on its own frames where the model was tuned for it and the clip is short enough
+    (``mlx_bald.short_context``), True requires that (refused where it does not hold), False
+    never. Returns mlx-whisper's result dict (text, segments, language)."""
     import mlx_whisper
     from mlx_whisper.transcribe import ModelHolder
 
     samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
     dtype = options.pop("dtype", None) or default_dtype()
+    from mlx_bald.short_context import frames_for
+
+    force = options.pop("short_context", None)
     m = get_model(model, dtype, draft=options.pop("draft_model", None))
     options.setdefault("fp16", dtype == mx.float16)
     key = f"mlx-bald:{id(m)}"
-    with _lock:  # mlx-whisper keeps one global model slot: hand it ours, no reload, no fork
-        ModelHolder.model, ModelHolder.model_path = m, key
+    with _lock, frames_for(m, len(samples), force):
+        ModelHolder.model, ModelHolder.model_path = m, key  # mlx-whisper's one model slot: ours, no reload
         return mlx_whisper.transcribe(samples.astype(np.float32), path_or_hf_repo=key, **options)

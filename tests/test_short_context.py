@@ -71,3 +71,76 @@ def test_tuned_model_encodes_a_short_clip_on_its_bucket_and_decodes_it():
     options = DecodingOptions(language="en", fp16=False, without_timestamps=True, sample_len=4)
     first, again = decode(model, features, options)[0], decode(model, features, options)[0]
     assert first.tokens == again.tokens and len(first.tokens) <= 4
+
+
+def _registered(short_context_s: float, registers: int = 2):
+    import mlx.core as mx
+
+    dims = tiny_dims(n_audio_ctx=1500, n_mels=80, n_vocab=51865, n_text_ctx=64)
+    model = random_model(dims, CompressionSpec(short_context_s=short_context_s, short_context_registers=registers))
+    model.encoder.short_registers = 0.1 * mx.random.normal(model.encoder.short_registers.shape)
+    return model
+
+
+def test_frames_for_runs_the_padded_window_on_the_bucket_in_this_thread_only():
+    import threading
+
+    import mlx.core as mx
+
+    from mlx_bald.short_context import active_frames, frames_for
+
+    model = _registered(6.0)
+    mel = mx.random.normal((1, 3000, 80))
+    full = model.encoder(mel)
+    with frames_for(model, int(3.1 * SR)) as frames:
+        assert frames == 400
+        inside = model.encoder(mel)
+        seen = []
+        t = threading.Thread(target=lambda: seen.append(active_frames(model.encoder)))
+        t.start()
+        t.join()
+    assert seen == [None]  # another thread (another server request) keeps its own setting
+    assert inside.shape == (1, 200 + 2, 64)  # the bucket's positions, then the registers
+    np.testing.assert_allclose(np.array(inside), np.array(model.encoder(mel[:, :400], short=True)), atol=1e-5)
+    assert model.encoder(mel).shape == full.shape == (1, 1500, 64)  # closed: full windows again
+    with frames_for(model, [int(2.5 * SR), int(7 * SR)]) as frames:  # one chunk of the batch is too long
+        assert frames is None
+    with frames_for(model, int(3.1 * SR), force=False) as frames:
+        assert frames is None
+    with pytest.raises(MlxBaldError, match="not tuned"):
+        with frames_for(_model(None), int(3.1 * SR), force=True):
+            pass
+
+
+def test_transcription_uses_the_short_context_where_it_holds(monkeypatch):
+    from mlx_bald import transcribe as transcribe_module
+    from mlx_bald.batched import transcribe_many
+    from mlx_bald.models.whisper import AudioEncoder
+
+    model = _registered(6.0)
+    monkeypatch.setattr(transcribe_module, "get_model", lambda *a, **k: model)
+    widths = []
+    real = AudioEncoder.__call__
+
+    def spy(self, mel, short=False):
+        out = real(self, mel, short)
+        widths.append(out.shape[1])
+        return out
+
+    monkeypatch.setattr(AudioEncoder, "__call__", spy)
+    rng = np.random.default_rng(1)
+    short, long = (0.1 * rng.standard_normal(int(s * SR)).astype(np.float32) for s in (3.1, 7.0))
+    options = dict(language="en", temperature=0.0, fp16=False, condition_on_previous_text=False)
+    transcribe_module.transcribe(short, model="tiny", **options)
+    assert widths and set(widths) == {202}
+    widths.clear()
+    transcribe_module.transcribe(long, model="tiny", **options)
+    assert widths and set(widths) == {1500}
+    widths.clear()
+    transcribe_module.transcribe(short, model="tiny", short_context=False, **options)
+    assert set(widths) == {1500}
+    with pytest.raises(MlxBaldError, match="up to 6 s"):
+        transcribe_module.transcribe(long, model="tiny", short_context=True, **options)
+    widths.clear()
+    transcribe_many([short, short[:SR]], model="tiny", batch_size=2, temperature=0.0, language="en")
+    assert widths and set(widths) == {202}  # the batch runs on the bucket of its longest clip

@@ -13,13 +13,17 @@ from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
 from mlx_bald.start_config import StartConfig
 
-RECIPES = ("bald", "prune", "adaptwin")
+RECIPES = ("bald", "prune", "adaptwin", "short-context")
+ALONE = ("short-context",)  # recipes that tune a finished model and join no '+' combination
 
 
 def _recipe(text: str) -> tuple[str, ...]:
     parts = [x.strip() for x in text.split("+") if x.strip()]
     if not parts or any(x not in RECIPES for x in parts) or len(set(parts)) != len(parts):
         raise argparse.ArgumentTypeError(f"recipe {text!r}: one or more of {', '.join(RECIPES)} joined by '+'")
+    if len(parts) > 1 and set(parts) & set(ALONE):
+        raise argparse.ArgumentTypeError(f"recipe {text!r}: short-context tunes a finished model on its own; "
+                                         "run it with --model set to the compressed model's folder")
     return tuple(x for x in RECIPES if x in parts)  # the order they are applied in
 
 
@@ -69,9 +73,13 @@ def register(sub) -> argparse.ArgumentParser:
                     "layer after each cut as a bridge. Combinations join with '+', e.g. bald+adaptwin, "
                     "prune+adaptwin, bald+prune+adaptwin: bald makes the decoder side, prune then adaptwin "
                     "the encoder side (both trained against the base), and the two are joined into one "
-                    "checkpoint whose spec lists everything. Needs the [compress] extra.")
+                    "checkpoint whose spec lists everything. short-context: tune --model (stock or compressed) "
+                    "so that clips up to --short-context-s seconds are encoded on their own frames instead of a "
+                    "30 s window (learned encoder registers; every weight unchanged, long audio as before). "
+                    "Needs the [compress] extra.")
     p.add_argument("--recipe", type=_recipe, default=("bald",),
-                   help="bald, prune, adaptwin, or a '+' combination (applied as bald, prune, adaptwin)")
+                   help="bald, prune, adaptwin, or a '+' combination (applied as bald, prune, adaptwin); "
+                        "or short-context, alone")
     p.add_argument("--model", default="whisper-base", help="model to compress")
     p.add_argument("--lang", default="cs", help="language of the fillets-<lang> training audio")
     data = p.add_argument_group("your own labelled data (bald recipe; instead of fillets-<lang>)")
@@ -189,7 +197,40 @@ def register(sub) -> argparse.ArgumentParser:
     enc.add_argument("--init", choices=("whiten", "asvd"), default="whiten",
                      help="twin SVD initialisation: whitened by the inputs' second moments (SVD-LLM), "
                           "or scaled by their RMS (ASVD, FFN only)")
+    short = p.add_argument_group("short-context recipe")
+    short.add_argument("--short-context-s", type=_seconds, default=10.0,
+                       help="clips up to this long are encoded on their own frames (rounded up to 2 s)")
+    short.add_argument("--registers", type=positive_int, default=16,
+                       help="learned encoder positions per layer that stand in for the 30 s window's padding")
+    short.add_argument("--short-steps", type=positive_int, default=300, help="training steps of the registers")
+    short.add_argument("--short-lr", type=positive_float, default=3e-3, help="learning rate of the registers")
+    short.add_argument("--short-audio", type=_set_names,
+                       default=["asterisk-en:train", "tts-en:train", "fillets-cs:train", "fillets-nl:train"],
+                       help="labelled sets the registers train on (their clips up to --short-context-s)")
+    short.add_argument("--short-clips", type=positive_int, default=200, help="clips taken from each --short-audio set")
     return p
+
+
+def _seconds(text: str) -> float:
+    value = positive_float(text)
+    if value > 30:
+        raise argparse.ArgumentTypeError(f"{text}: a short context is at most 30 s (Whisper's window)")
+    return value
+
+
+def _short_context(args) -> Path:
+    from mlx_bald.compress.recipes.short_context import ShortContextOptions, run_short_context
+
+    opts = ShortContextOptions(out=args.out, model=args.model, limit_s=args.short_context_s,
+                               registers=args.registers, steps=args.short_steps, lr=args.short_lr,
+                               batch_size=args.batch_size, audio=tuple(args.short_audio),
+                               clips_per_set=args.short_clips, device=args.device,
+                               precision=args.precision, seed=args.seed)
+    try:
+        return run_short_context(opts)
+    except ValueError as e:
+        from mlx_bald.errors import MlxBaldError
+        raise MlxBaldError(str(e)) from e
 
 
 def _encoder(args, out: Path):
@@ -263,6 +304,9 @@ def run(args) -> int:
 
     recipe = tuple(args.recipe)
     _default_name(args, recipe)
+    if recipe == ("short-context",):
+        student = _short_context(args)
+        return _finish(args, student, convert_checkpoint, models_dir) if is_main() else 0
     if recipe != ("bald",):
         if args.train:
             raise MlxBaldError("--train covers the bald recipe so far; the encoder recipes (prune, adaptwin) "
@@ -361,6 +405,9 @@ def _vetted_name(name: str | None, report: Path) -> str | None:
     base = rows.get(data.get("options", {}).get("model", "whisper-base"), {})  # the source model's row
     got = rows.get("merged+lowrank-embedding") or rows.get("lowrank-embedding") or {}  # the final student
     why = []
+    tests = data.get("test", {})  # short-context: WER of the full window and of the short context
+    why += [f"on {s} its short context's WER ({t['wer_short']}) is over 1 point worse than the full window's "
+            f"({t['wer_full']})" for s, t in tests.items() if isinstance(t, dict) and "wer_short" in t and t["wer_short"] > t["wer_full"] + 1]
     if name != DEFAULT_COMPRESSED and "wer_test" in base and "wer_test" in got and got["wer_test"] > base["wer_test"]:
         why.append(f"its test WER ({got['wer_test']}) is worse than stock base's ({base['wer_test']})")
     if name == DEFAULT_COMPRESSED:

@@ -37,3 +37,15 @@ DRAFT_HELP = ("speculative decoding: this cheaper model (same tokenizer; e.g. a 
 def add_draft_arg(p) -> None:
     """--draft-model NAME (one definition for transcribe, eval, serve)."""
     p.add_argument("--draft-model", default=None, metavar="MODEL", help=DRAFT_HELP)
+
+
+SHORT_CONTEXT = {"auto": None, "on": True, "off": False}
+
+
+def add_short_context_arg(p) -> None:
+    """--short-context auto|on|off (one definition for the commands that decode)."""
+    p.add_argument("--short-context", choices=tuple(SHORT_CONTEXT), default="auto",
+                   help="encode a short clip on its own frames (rounded up to 2 s) instead of a padded 30 s "
+                        "window: auto = where the model was tuned for it (mlx-bald compress --recipe "
+                        "short-context) and the clip or chunk is short enough; on = require it (refused "
+                        "otherwise); off = always full windows")

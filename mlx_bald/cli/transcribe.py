@@ -15,7 +15,8 @@ from pathlib import Path
 
 from mlx_bald.cli.arg_types import (nonneg_float, number_list, open_fraction, optional_float, optional_fraction,
                                     optional_nonneg_float, optional_positive_float, positive_int)
-from mlx_bald.cli.decode_args import add_beam_args, add_draft_arg, beam_options
+from mlx_bald.cli.decode_args import (SHORT_CONTEXT, add_beam_args, add_draft_arg, add_short_context_arg,
+                                      beam_options)
 
 FORMATS = ["txt", "vtt", "srt", "tsv", "json", "all"]
 _WRITER_OPTIONS = ("highlight_words", "max_line_count", "max_line_width", "max_words_per_line")
@@ -83,6 +84,7 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=nonneg_float, default=0.0, help="sampling temperature")
     add_beam_args(p)
     add_draft_arg(p)
+    add_short_context_arg(p)
     p.add_argument("--temperature-increment-on-fallback", type=optional_nonneg_float, default=0.2,
                    help="raise the temperature by this much when decoding fails (None: never)")
     p.add_argument("--verbose", type=_bool, nargs="?", const=True, default=False,
@@ -124,6 +126,7 @@ def _options(args) -> dict:
         "clip_timestamps": args.clip_timestamps,
         "hallucination_silence_threshold": args.hallucination_silence_threshold,
         "beam_size": args.beam_size, "patience": args.patience, "length_penalty": args.length_penalty,
+        "short_context": SHORT_CONTEXT[args.short_context],
     }
 
 

@@ -86,6 +86,8 @@ def expected_shapes(dims: ModelDimensions, spec: CompressionSpec,
     if spec.embedding_rank:
         shapes["decoder.token_embedding.weight_a"] = (dims.n_vocab, spec.embedding_rank)
         shapes["decoder.token_embedding.weight_b"] = (spec.embedding_rank, dt)
+    if spec.short_context_registers:
+        shapes["encoder.short_registers"] = (dims.n_audio_layer, spec.short_context_registers, da)
     if spec.head is not None:
         shapes["decoder.head.preview_down.weight"] = (spec.head.rank, dt)
         shapes["decoder.head.preview_up.weight"] = (first_special(dims.n_vocab), spec.head.rank)

@@ -25,6 +25,7 @@ from mlx_whisper.whisper import ModelDimensions
 from ..decoding import decode as decode_function  # mlx-whisper's, plus beam search
 from ..kernels import resolve_path
 from .. import vocab
+from ..short_context import active_frames
 from ..spec import CompressionSpec
 from .layers import FactoredEmbedding, ResidualAttentionBlock, ShortlistHead
 
@@ -57,10 +58,18 @@ class AudioEncoder(nn.Module):
                                               **_block_ranks(spec, "encoder", i))
                        for i in range(dims.n_audio_layer)]
         self.ln_post = nn.LayerNorm(n_state)
+        if spec.short_context_registers:
+            # [layers, n, d]: the state of n learned positions before each block, used only on a
+            # short context (compress/ops/short_context.py: they stand in for the 30 s padding)
+            self.short_registers = mx.zeros((dims.n_audio_layer, spec.short_context_registers, n_state), dtype=dtype)
 
     def __call__(self, mel: mx.array, short: bool = False) -> mx.array:
         """mel [B, 2*n_audio_ctx, n_mels] -> audio features [B, n_audio_ctx, n_audio_state].
-        ``short``: a mel of fewer frames is allowed (``mlx_bald.short_context`` decides when)."""
+        ``short``: a mel of fewer frames is allowed (``mlx_bald.short_context`` decides when);
+        a model tuned for it then appends its learned register positions after the speech."""
+        frames = None if short else active_frames(self)
+        if frames is not None and mel.shape[1] == 2 * self._positional_embedding.shape[0]:
+            mel, short = mel[:, :frames], True  # inside short_context.frames_for: a padded clip
         x = nn.gelu(self.conv1(mel))
         x = nn.gelu(self.conv2(x))
         pos = self._positional_embedding
@@ -70,7 +79,12 @@ class AudioEncoder(nn.Module):
             raise ValueError(f"mel of {mel.shape[1]} frames gives {x.shape[1]} positions; the "
                              f"encoder expects {self._positional_embedding.shape[0]}")
         x = x + pos
-        for block in self.blocks:
+        registers = getattr(self, "short_registers", None) if short else None
+        n = 0 if registers is None else registers.shape[1]
+        for i, block in enumerate(self.blocks):
+            if registers is not None:
+                r = mx.broadcast_to(registers[i].astype(x.dtype), (x.shape[0], n, x.shape[2]))
+                x = mx.concatenate([x if i == 0 else x[:, :-n], r], axis=1)
             x = block(x)
         return self.ln_post(x)
 

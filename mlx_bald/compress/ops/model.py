@@ -204,6 +204,10 @@ def build_from_spec(config: WhisperConfig, spec: CompressionSpec) -> WhisperForC
         install_factored_embedding(model, emb)
     elif cfg.tie_word_embeddings:
         model.tie_weights()
+    if spec.short_context_registers:
+        from mlx_bald.compress.ops.short_context import install_registers
+
+        install_registers(model.model.encoder, torch.zeros(n_enc, spec.short_context_registers, cfg.d_model))
     for key, a in spec.attention.items():
         _set_attention(model, key, empty_lowrank_attention(attention_module(model, key), a.qk_rank, a.vo_rank))
     for key, f in spec.ffn.items():
@@ -217,6 +221,14 @@ def build_from_spec(config: WhisperConfig, spec: CompressionSpec) -> WhisperForC
 
 def check_matches_spec(model: nn.Module, spec: CompressionSpec) -> None:
     """Raise ModelFormatError when the model's modules disagree with ``spec``."""
+    from mlx_bald.compress.ops.short_context import registers_of
+
+    registers = registers_of(model.model.encoder)
+    want = (len(model.model.encoder.layers), spec.short_context_registers, model.config.d_model)
+    if (registers is None) != (not spec.short_context_registers) or (
+            registers is not None and tuple(registers.shape) != want):
+        raise ModelFormatError(f"short-context registers {None if registers is None else tuple(registers.shape)} "
+                               f"disagree with the spec ({spec.short_context_registers} per layer)")
     if spec.decoder_merge and len(model.model.decoder.layers) != len(spec.decoder_merge):
         raise ModelFormatError(f"decoder has {len(model.model.decoder.layers)} layers, spec merges into "
                                f"{len(spec.decoder_merge)}")

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from mlx_bald.compress.ops.model import load_compressed, record_spec, save_compressed  # noqa: E402
-from mlx_bald.compress.ops.short_context import (bucket_frames, encode_short, install_registers,  # noqa: E402
+from mlx_bald.compress.ops.short_context import (encode_short, install_registers,  # noqa: E402
                                                  padding_registers, registers_of)
 from mlx_bald.compress.train.short_context import (ShortContextConfig, short_agreement, short_losses,  # noqa: E402
                                                    train_registers, _decoder)
@@ -49,11 +49,6 @@ def _tuned(seed=0):
     silence = torch.full((N_MELS, 2 * SRC), -1.0)
     install_registers(model.model.encoder, padding_registers(model.model.encoder, N_REG, silence, first_position=4))
     return model
-
-
-def test_buckets_round_up_to_two_seconds():
-    assert bucket_frames(16_000) == 200 and bucket_frames(32_000) == 200 and bucket_frames(32_001) == 400
-    assert bucket_frames(1) == 200 and bucket_frames(40 * 16_000) == 3000
 
 
 def test_short_encoder_equals_the_full_one_on_a_full_window_and_appends_registers():

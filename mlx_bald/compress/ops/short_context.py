@@ -15,21 +15,11 @@ The MLX runtime (``mlx_bald.models.whisper.AudioEncoder``) computes the same.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 REGISTERS_ATTR = "short_registers"  # on transformers' WhisperEncoder; MLX: encoder.short_registers
-FRAMES_PER_SECOND = 100  # mel frames; the encoder halves them
-
-
-def bucket_frames(n_samples: int, bucket_s: float = 2.0, n_frames_full: int = 3000) -> int:
-    """As ``mlx_bald.short_context.bucket_frames``: the clip's mel frames rounded up to a
-    multiple of ``bucket_s`` seconds (at least one bucket), at most the full window."""
-    buckets = max(1, math.ceil(n_samples / 16_000 / bucket_s - 1e-9))
-    return min(n_frames_full, int(round(buckets * bucket_s * FRAMES_PER_SECOND)))
 
 
 def registers_of(encoder: nn.Module) -> torch.Tensor | None:

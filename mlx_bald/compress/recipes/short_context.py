@@ -23,7 +23,8 @@ from pathlib import Path
 import torch
 
 from mlx_bald.compress.ops.model import SPEC_KEY, count_parameters, record_spec, save_compressed
-from mlx_bald.compress.ops.short_context import bucket_frames, encode_short, install_registers, padding_registers
+from mlx_bald.buckets import bucket_frames
+from mlx_bald.compress.ops.short_context import encode_short, install_registers, padding_registers
 from mlx_bald.compress.recipes.skeleton import RecipeRun
 from mlx_bald.compress.train.data import ensure_encoder_cache, features, subset
 from mlx_bald.compress.train.hardware import check_precision, resolve_device
@@ -151,7 +152,8 @@ def _test_scores(model, o: ShortContextOptions, done: dict) -> dict:
         folder = ensure_encoder_cache(model, o.model, name, clips)
         hyps = {"full": [], "short": []}
         for c in clips:
-            mel = features(c, model.config.num_mel_bins)[None, :, : bucket_frames(len(c.audio), o.bucket_s)]
+            frames = bucket_frames(len(c.audio), bucket_s=o.bucket_s)
+            mel = features(c, model.config.num_mel_bins)[None, :, :frames]
             with torch.no_grad():
                 short = encode_short(model.model.encoder, mel.to(next(model.parameters()).device))
             full = load_cached_encoder_output(folder, c.id)[None].float()

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlx_bald.compress.ops.short_context import bucket_frames, encode_short, registers_of
+from mlx_bald.buckets import bucket_frames
+from mlx_bald.compress.ops.short_context import encode_short, registers_of
 from mlx_bald.compress.train.data import IGNORE, collate_tokens, features, token_rows
 from mlx_bald.compress.train.decoder_states import real_positions, suppressed_logits
 from mlx_bald.compress.train.local import relative_mse
@@ -42,7 +43,7 @@ def short_batches(clips: Sequence[Clip], full_states: Callable[[Clip], torch.Ten
     reference, teacher-forced). Order shuffled by ``seed``; built lazily (``LazyBatch``)."""
     by_bucket: dict[int, list[Clip]] = {}
     for c in clips:
-        by_bucket.setdefault(bucket_frames(len(c.audio), bucket_s), []).append(c)
+        by_bucket.setdefault(bucket_frames(len(c.audio), bucket_s=bucket_s), []).append(c)
     chunks = [(n, group[k:k + batch_size]) for n, group in sorted(by_bucket.items())
               for k in range(0, len(group), batch_size)]
     random.Random(seed).shuffle(chunks)

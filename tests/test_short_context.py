@@ -144,3 +144,11 @@ def test_transcription_uses_the_short_context_where_it_holds(monkeypatch):
     widths.clear()
     transcribe_many([short, short[:SR]], model="tiny", batch_size=2, temperature=0.0, language="en")
     assert widths and set(widths) == {202}  # the batch runs on the bucket of its longest clip
+
+
+def test_cli_refuses_a_forced_short_context_on_an_untuned_model_before_decoding():
+    from conftest import run_cli
+
+    r = run_cli("transcribe", "--example", "--model", "whisper-base", "--short-context", "on")
+    assert r.returncode == 2 and "not tuned for a short audio context" in r.stderr
+    assert "files transcribed" not in r.stderr and not r.stdout.strip()

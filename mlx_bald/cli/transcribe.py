@@ -267,6 +267,9 @@ def run(args) -> int:
     draft = str(resolve_model(args.draft_model)) if args.draft_model else None
     decoder = get_model(model, draft=draft)  # so does a broken one (or a draft that does not fit): once
     options = {**_options(args), "draft_model": draft}
+    if args.short_context == "on" and getattr(decoder, "target", decoder).spec.short_context_s is None:
+        from mlx_bald.short_context import use_short_context
+        use_short_context(decoder, 1, force=True)  # refuses an untuned model once, before any file
     writer = writer_kwargs = out_dir = None
     if not to_stdout:
         out_dir = writable_dir(Path(args.output_dir or "."))  # before any decoding

@@ -121,7 +121,8 @@ def run_short_context(o: ShortContextOptions) -> Path:
     _log(f"dev agreement with the full window: plain {scores['plain']['agreement']}%, started "
          f"{scores['started']['agreement']}%, trained {scores['trained']['agreement']}%")
     if o.scores:
-        run.save_report(test=_test_scores(model, o, run.report.get("test", {})))
+        done = run.report.get("test", {}) if run.report.get("test_steps") == o.steps else {}
+        run.save_report(test=_test_scores(model, o, done), test_steps=o.steps)
 
     tuned = replace(spec, short_context_s=o.limit_s, short_context_registers=o.registers,
                     recipe=[*spec.recipe, "short-context"],
@@ -160,7 +161,7 @@ def _test_scores(model, o: ShortContextOptions, done: dict) -> dict:
             for key, states in (("full", full), ("short", short)):
                 hyps[key] += fallback_transcribe(model, states, c.language, seed=0)
         refs = [c.text for c in clips]
-        out[name] = {"clips": len(clips), **{f"wer_{k}": corpus_wer(refs, [h.text for h in v], clips[0].language)[0]
+        out[name] = {"clips": len(clips), **{f"wer_{k}": round(corpus_wer(refs, [h.text for h in v], clips[0].language)[0], 2)
                                              for k, v in hyps.items()}}
         _log(f"{name}: WER full window {out[name]['wer_full']}, short context {out[name]['wer_short']}")
     return out

@@ -331,7 +331,8 @@ def table(out: dict) -> str:
     lines.append(f"decode_loop_ratio {out['decode_loop_ratio']} (mlx-whisper's loop: {d['mlx_whisper_loop_ratio']:.3f}); "
                  f"tokens identical to mlx-whisper's: {d['identical_tokens']}")
     for key, res in (out.get("long_audio") or {}).items():
-        lines.append(f"long audio, {key}: " + "; ".join(f"{k} {v['wall_s']} s, WER {v['wer']}" for k, v in res["rows"].items()))
+        rows = "; ".join(f"{k} {v['wall_s']} s, WER {v['wer']}" for k, v in res["rows"].items())
+        lines.append(f"long audio, {key}: {rows}")
     lines.append(f"short_speedup {out['short_speedup']} ({out['short_speedup_note']}); concurrent_ratio "
                  f"{out['concurrent_ratio']} (whisper-base: {out['concurrent_ratio_whisper_base']}); "
                  f"wer {json.dumps(out['wer'])}")

@@ -405,9 +405,9 @@ def _vetted_name(name: str | None, report: Path) -> str | None:
     base = rows.get(data.get("options", {}).get("model", "whisper-base"), {})  # the source model's row
     got = rows.get("merged+lowrank-embedding") or rows.get("lowrank-embedding") or {}  # the final student
     why = []
-    tests = data.get("test", {})  # short-context: WER of the full window and of the short context
+    tests = {s: t for s, t in data.get("test", {}).items() if isinstance(t, dict) and "wer_short" in t}
     why += [f"on {s} its short context's WER ({t['wer_short']}) is over 1 point worse than the full window's "
-            f"({t['wer_full']})" for s, t in tests.items() if isinstance(t, dict) and "wer_short" in t and t["wer_short"] > t["wer_full"] + 1]
+            f"({t['wer_full']})" for s, t in tests.items() if t["wer_short"] > t["wer_full"] + 1]  # short-context
     if name != DEFAULT_COMPRESSED and "wer_test" in base and "wer_test" in got and got["wer_test"] > base["wer_test"]:
         why.append(f"its test WER ({got['wer_test']}) is worse than stock base's ({base['wer_test']})")
     if name == DEFAULT_COMPRESSED:

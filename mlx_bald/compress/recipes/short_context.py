@@ -161,7 +161,7 @@ def _test_scores(model, o: ShortContextOptions, done: dict) -> dict:
             for key, states in (("full", full), ("short", short)):
                 hyps[key] += fallback_transcribe(model, states, c.language, seed=0)
         refs = [c.text for c in clips]
-        out[name] = {"clips": len(clips), **{f"wer_{k}": round(corpus_wer(refs, [h.text for h in v], clips[0].language)[0], 2)
-                                             for k, v in hyps.items()}}
+        wer = {f"wer_{k}": round(corpus_wer(refs, [h.text for h in v], clips[0].language)[0], 2) for k, v in hyps.items()}
+        out[name] = {"clips": len(clips), **wer}
         _log(f"{name}: WER full window {out[name]['wer_full']}, short context {out[name]['wer_short']}")
     return out

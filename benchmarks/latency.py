@@ -41,7 +41,7 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parent / "results"
 LENGTHS = (2.0, 5.0, 10.0)
 GAP = 0.3  # seconds of silence between two joined clips
-NOT_BUILT = "not built: no short-context model (mlx-bald compress --recipe short-context --name whisper-base-short)"
+NOT_BUILT = "not built: no short-context model (mlx-bald compress --recipe short-context --out runs/base-short)"
 PATHS = ("today", "new", "short")
 SHORT_RANGE = (3.0, 5.5)  # seconds: the utterances short_speedup is measured on
 
@@ -344,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m benchmarks.latency", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="whisper-base")
-    p.add_argument("--short-model", default="whisper-base-short",
+    p.add_argument("--short-model", default="runs/base-short/mlx",
                    help="the short-context model timed beside it ('' to skip; skipped when not built)")
     p.add_argument("--per-length", type=positive_int, default=2, help="utterances per length (2, 5, 10 s)")
     p.add_argument("--rounds", type=positive_int, default=2, help="timed rounds (medians)")

@@ -129,7 +129,7 @@ def end_to_end(model, audio: np.ndarray, path: str) -> dict:
     mt.log_mel_spectrogram = timed_mel
     try:
         t0 = time.perf_counter()
-        with frames_for(model, len(audio), path == "short"):
+        with frames_for(model, len(audio), None if path == "short" else False):  # short: where it holds
             out = mlx_whisper.transcribe(audio, path_or_hf_repo=key, language="en", fp16=False, verbose=None)
         total = time.perf_counter() - t0
     finally:

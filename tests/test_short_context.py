@@ -144,6 +144,9 @@ def test_transcription_uses_the_short_context_where_it_holds(monkeypatch):
     widths.clear()
     transcribe_many([short, short[:SR]], model="tiny", batch_size=2, temperature=0.0, language="en")
     assert widths and set(widths) == {202}  # the batch runs on the bucket of its longest clip
+    widths.clear()
+    transcribe_many([short], model="tiny", batch_size=1, temperature=0.0)  # the language detected first
+    assert widths and set(widths) == {202}
 
 
 def test_cli_refuses_a_forced_short_context_on_an_untuned_model_before_decoding():

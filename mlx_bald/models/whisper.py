@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import gzip
 import math
+from dataclasses import replace
 from typing import NamedTuple
 
 import mlx.core as mx
@@ -266,5 +267,22 @@ class Whisper(nn.Module):
     def num_languages(self) -> int:
         return vocab.num_languages(self.dims.n_vocab)
 
-    detect_language = detect_language_function
+    def detect_language(self, mel: mx.array, tokenizer=None):
+        """mlx-whisper's, also for audio features of a short context (its check would encode
+        features of fewer than n_audio_ctx positions again)."""
+        d = self.dims
+        if mel.shape[-1] == d.n_audio_state != d.n_mels and mel.shape[-2] < d.n_audio_ctx:
+            return detect_language_function(_ShortView(self, mel.shape[-2]), mel, tokenizer)
+        return detect_language_function(self, mel, tokenizer)
+
     decode = decode_function
+
+
+class _ShortView:
+    """The model as mlx-whisper's language detection sees it: an audio context of ``n`` positions."""
+
+    def __init__(self, model: Whisper, n: int) -> None:
+        self._model, self.dims = model, replace(model.dims, n_audio_ctx=n)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)

@@ -54,11 +54,9 @@ def encode(model, audio: np.ndarray, force: bool | None = None) -> mx.array:
 
     full = 2 * model.dims.n_audio_ctx
     mel = log_mel_spectrogram(mx.array(audio.astype(np.float32)), n_mels=model.dims.n_mels, padding=N_SAMPLES)
-    dtype = model.encoder.conv1.weight.dtype
-    if use_short_context(model, len(audio), force):
-        n = bucket_frames(len(audio), full)
-        return model.encoder(pad_or_trim(mel[:n], n, axis=-2)[None].astype(dtype), short=True)
-    return model.embed_audio(pad_or_trim(mel[:full], full, axis=-2)[None].astype(dtype))
+    window = pad_or_trim(mel[:full], full, axis=-2)[None].astype(model.encoder.conv1.weight.dtype)
+    with frames_for(model, len(audio), force):
+        return model.embed_audio(window)
 
 
 # id(encoder) -> mel frames it runs a full-window mel on; a ContextVar, so threads do not mix

@@ -72,10 +72,10 @@ def transcribe(audio: str | Path | bytes | np.ndarray, model: str | Path | None 
     import mlx_whisper
     from mlx_whisper.transcribe import ModelHolder
 
-    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
-    dtype = options.pop("dtype", None) or default_dtype()
     from mlx_bald.short_context import frames_for
 
+    samples = audio if isinstance(audio, np.ndarray) else load_audio(audio)
+    dtype = options.pop("dtype", None) or default_dtype()
     force = options.pop("short_context", None)
     m = get_model(model, dtype, draft=options.pop("draft_model", None))
     options.setdefault("fp16", dtype == mx.float16)

@@ -11,6 +11,7 @@ from mlx_bald.cli.arg_types import (fraction, nonneg_float, nonneg_int, number_l
                                     positive_int)
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
+from mlx_bald.short_context_options import ShortContextOptions as _Short
 from mlx_bald.start_config import StartConfig
 
 RECIPES = ("bald", "prune", "adaptwin", "short-context")
@@ -198,16 +199,16 @@ def register(sub) -> argparse.ArgumentParser:
                      help="twin SVD initialisation: whitened by the inputs' second moments (SVD-LLM), "
                           "or scaled by their RMS (ASVD, FFN only)")
     short = p.add_argument_group("short-context recipe")
-    short.add_argument("--short-context-s", type=_seconds, default=10.0,
+    short.add_argument("--short-context-s", type=_seconds, default=_Short.limit_s,
                        help="clips up to this long are encoded on their own frames (rounded up to 2 s)")
-    short.add_argument("--registers", type=positive_int, default=16,
+    short.add_argument("--registers", type=positive_int, default=_Short.registers,
                        help="learned encoder positions per layer that stand in for the 30 s window's padding")
-    short.add_argument("--short-steps", type=positive_int, default=300, help="training steps of the registers")
-    short.add_argument("--short-lr", type=positive_float, default=3e-3, help="learning rate of the registers")
-    short.add_argument("--short-audio", type=_set_names,
-                       default=["asterisk-en:train", "tts-en:train", "fillets-cs:train", "fillets-nl:train"],
+    short.add_argument("--short-steps", type=positive_int, default=_Short.steps, help="training steps of the registers")
+    short.add_argument("--short-lr", type=positive_float, default=_Short.lr, help="learning rate of the registers")
+    short.add_argument("--short-audio", type=_set_names, default=list(_Short.audio),
                        help="labelled sets the registers train on (their clips up to --short-context-s)")
-    short.add_argument("--short-clips", type=positive_int, default=200, help="clips taken from each --short-audio set")
+    short.add_argument("--short-clips", type=positive_int, default=_Short.clips_per_set,
+                       help="clips taken from each --short-audio set")
     return p
 
 
@@ -219,13 +220,13 @@ def _seconds(text: str) -> float:
 
 
 def _short_context(args) -> Path:
-    from mlx_bald.compress.recipes.short_context import ShortContextOptions, run_short_context
+    from mlx_bald.compress.recipes.short_context import run_short_context
 
-    opts = ShortContextOptions(out=args.out, model=args.model, limit_s=args.short_context_s,
-                               registers=args.registers, steps=args.short_steps, lr=args.short_lr,
-                               batch_size=args.batch_size, audio=tuple(args.short_audio),
-                               clips_per_set=args.short_clips, device=args.device,
-                               precision=args.precision, seed=args.seed)
+    opts = _Short(out=args.out, model=args.model, limit_s=args.short_context_s,
+                  registers=args.registers, steps=args.short_steps, lr=args.short_lr,
+                  batch_size=args.batch_size, audio=tuple(args.short_audio),
+                  clips_per_set=args.short_clips, device=args.device,
+                  precision=args.precision, seed=args.seed)
     try:
         return run_short_context(opts)
     except ValueError as e:

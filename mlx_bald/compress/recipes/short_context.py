@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -29,31 +29,8 @@ from mlx_bald.compress.recipes.skeleton import RecipeRun
 from mlx_bald.compress.train.data import ensure_encoder_cache, features, subset
 from mlx_bald.compress.train.hardware import check_precision, resolve_device
 from mlx_bald.compress.train.short_context import ShortContextConfig, short_agreement, short_batches, train_registers
+from mlx_bald.short_context_options import ShortContextOptions
 from mlx_bald.spec import CompressionSpec
-
-SHORT_AUDIO = ("asterisk-en:train", "tts-en:train", "fillets-cs:train", "fillets-nl:train")
-
-
-@dataclass
-class ShortContextOptions:
-    out: Path
-    model: str = "whisper-base"
-    limit_s: float = 10.0  # clips up to this long are encoded on a short context
-    registers: int = 16  # learned positions per encoder layer
-    steps: int = 300
-    batch_size: int = 8
-    lr: float = 3e-3
-    audio: tuple[str, ...] = SHORT_AUDIO
-    clips_per_set: int | None = 200
-    dev: tuple[str, ...] = ("asterisk-en:dev", "fillets-cs:dev")
-    dev_clips: int = 48  # per dev set
-    test: tuple[str, ...] = ("asterisk-en:test", "librivox")
-    bucket_s: float = 2.0
-    device: str = "auto"
-    precision: str = "fp32"
-    seed: int = 0
-    scores: bool = True  # the test WERs (decoding); the agreement is always measured
-
 
 _FIXED = ("model", "limit_s", "registers", "batch_size", "lr", "audio", "clips_per_set", "bucket_s", "seed")
 
@@ -72,8 +49,7 @@ def run_short_context(o: ShortContextOptions) -> Path:
     """Run the recipe; returns the tuned checkpoint folder (``out/student``)."""
     from mlx_bald.torch_ref import load_torch_model
 
-    if not 0 < o.limit_s <= 30:
-        raise ValueError(f"the short context's limit must lie in (0, 30] seconds, not {o.limit_s}")
+    CompressionSpec(short_context_s=o.limit_s, short_context_registers=o.registers).validate()  # the bounds, once
     check_precision(o.precision)
     run = RecipeRun(o.out, o, _FIXED)
     device = resolve_device(o.device)
@@ -102,7 +78,7 @@ def run_short_context(o: ShortContextOptions) -> Path:
     run.save_report(data={"train_clips": len(train), "dev_clips": len(dev), "batches": len(batches),
                           "limit_s": o.limit_s})
 
-    silence = torch.full((n_mels, 3000), _padding_value(train, n_mels))
+    silence = torch.full((n_mels, 2 * model.config.max_source_positions), _padding_value(train, n_mels))
     start = padding_registers(model.model.encoder, o.registers, silence.to(device))
     install_registers(model.model.encoder, start)
     scores = run.report.get("agreement", {})

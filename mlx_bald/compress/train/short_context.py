@@ -140,13 +140,12 @@ def short_agreement(model: nn.Module, batches: Sequence[LazyBatch], registers: b
     eot = model.config.eos_token_id
     hits = total = 0
     kl = 0.0
-    none = torch.zeros(0)
     for lazy in batches:
         batch = lazy.get()
         mask = batch["labels"] != IGNORE
         full = model.proj_out(_decoder(model, batch["decoder_input_ids"], batch["full"])[-1][mask])
         enc = model.model.encoder
-        states = encode_short(enc, batch["mel"]) if registers else _plain(enc, batch["mel"], none)
+        states = encode_short(enc, batch["mel"]) if registers else _plain(enc, batch["mel"])
         short = model.proj_out(_decoder(model, batch["decoder_input_ids"], states)[-1][mask])
         hits += int((suppressed_logits(short, eot).argmax(-1) == suppressed_logits(full, eot).argmax(-1)).sum())
         kl += float(F.kl_div(short.log_softmax(-1), full.log_softmax(-1), log_target=True, reduction="sum"))
@@ -154,6 +153,6 @@ def short_agreement(model: nn.Module, batches: Sequence[LazyBatch], registers: b
     return {"agreement": round(100.0 * hits / max(total, 1), 2), "kl": round(kl / max(total, 1), 4), "tokens": total}
 
 
-def _plain(encoder: nn.Module, mel: torch.Tensor, none: torch.Tensor) -> torch.Tensor:
+def _plain(encoder: nn.Module, mel: torch.Tensor) -> torch.Tensor:
     """The short context without registers (an empty [layers, 0, d] set)."""
-    return encode_short(encoder, mel, none.new_zeros(len(encoder.layers), 0, encoder.config.d_model))
+    return encode_short(encoder, mel, mel.new_zeros(len(encoder.layers), 0, encoder.config.d_model))

@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 LAYER_CHOICES = ("spaced", "pairs", "lower", "upper")
+# how the factored embedding starts (compress/recipes/bald.py, compress/train/embedding_fit.py)
+EMBED_INITS = ("svd", "whiten", "fit")
 
 
 @dataclass

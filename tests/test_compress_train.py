@@ -265,6 +265,9 @@ def test_a_rerun_with_more_steps_continues_a_stage_and_fewer_is_refused(tmp_path
         _must_train(folder, ckpt, 5, "--embed-steps")
     with pytest.raises(MlxBaldError, match="stale"):  # a later stage was built on this one
         _must_train(folder, ckpt, 20, "--merge-steps", can_continue=False)
+    # a stage that stopped early on dev (checkpoint at 10 of 30 asked) is done when asked again
+    assert not _must_train(folder, ckpt, 30, "--embed-steps", requested=30)
+    assert _must_train(folder, ckpt, 40, "--embed-steps", requested=30)  # more: it goes on from step 10
 
 
 def test_a_cache_announces_its_size_and_is_refused_without_room(tmp_path, monkeypatch, capsys):

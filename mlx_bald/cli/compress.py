@@ -12,7 +12,7 @@ from mlx_bald.cli.arg_types import (fraction, nonneg_float, nonneg_int, number_l
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
 from mlx_bald.short_context_options import ShortContextOptions as _Short
-from mlx_bald.start_config import StartConfig
+from mlx_bald.start_config import EMBED_INITS, StartConfig
 
 RECIPES = ("bald", "prune", "adaptwin", "short-context")
 ALONE = ("short-context",)  # recipes that tune a finished model and join no '+' combination
@@ -130,9 +130,11 @@ def register(sub) -> argparse.ArgumentParser:
                    default=[0.2, 0.35, 0.5, 0.65, 0.8], help="alpha values tried by the search")
     p.add_argument("--search-steps", type=positive_int, default=40, help="training steps per search trial")
     p.add_argument("--rank", type=positive_int, default=96, help="rank of the factored token embedding")
-    p.add_argument("--embed-init", choices=("svd", "whiten"), default="svd",
+    p.add_argument("--embed-init", choices=EMBED_INITS, default="svd",
                    help="start of the factored embedding: 'svd' = plain SVD of E (the paper's); 'whiten' = SVD "
-                        "weighted by the data (the head's input second moment, token probabilities and frequencies)")
+                        "weighted by the data (the head's input second moment, token probabilities and frequencies); "
+                        "'fit' = whiten, then both factors fitted to the dense head's outputs and lookups on the "
+                        "recipe's data (no decoder step)")
     p.add_argument("--teacher-steps", type=nonneg_int, default=300,
                    help="training steps of the teacher fine-tune (0: none)")
     p.add_argument("--merge-steps", type=nonneg_int, default=1400, help="training steps of the merged student")

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from mlx_bald.compress.train.dev_checks import DevChecks, train_checked
 from mlx_bald.compress.train.data import (batches_from_cache, counted, ensure_encoder_cache, set_subset,
                                     subset, token_rows, tokenizer)
+from mlx_bald.compress.train.embedding_fit import collect_head_data, fit_factored_embedding
 from mlx_bald.compress.train.distill import DistillConfig, load_cached_encoder_output, train_decoder
 from mlx_bald.compress.ops.embedding import collect_embedding_stats, factorize_embedding
 from mlx_bald.compress.train.greedy import dev_cross_entropy, dev_wer, greedy_pseudo_labels
@@ -33,7 +35,7 @@ from mlx_bald.compress.ops.merge import adjacent_pairs
 from mlx_bald.compress.recipes.bald_table import final_table
 from mlx_bald.compress.recipes.skeleton import RecipeRun
 from mlx_bald.compress.recipes.start import build_start
-from mlx_bald.start_config import StartConfig
+from mlx_bald.start_config import EMBED_INITS, StartConfig
 from mlx_bald.compress.ops.model import apply_spec, count_parameters, record_spec, save_compressed
 from mlx_bald.compress.train.targets import Precomputed
 from mlx_bald.data import cache_key
@@ -54,8 +56,11 @@ class BaldOptions:
     embedding_rank: int = 96
     # "svd": plain SVD of E (the paper's); "whiten": data-aware SVD (EmbeddingStats): far better
     # untrained, but after 700-1,400 steps its greedy WERs were mixed (README), so not the default
+    # "fit": the whiten start, then both factors fitted locally to the dense head's output
+    # distribution and lookups on the stage's own data (train/embedding_fit.py)
     embed_init: str = "svd"
     embed_calib_batches: int = 20
+    embed_fit_steps: int = 300
     teacher_steps: int = 300
     merge_steps: int = 1400  # measured: 700 steps left the merged student at 1.17x the teacher
     embed_steps: int = 1200  # measured: 400 steps lost the merge's gain again, 1,200 kept it
@@ -223,8 +228,7 @@ def _pseudo_labels(run: _Run) -> dict[str, str]:
     return {c.id: labels[c.id] for c in run.train}
 
 
-TEACHER_EVALS = 6  # dev checks over the teacher fine-tune
-TEACHER_PATIENCE = 2  # checks without a better dev cross-entropy before it stops
+TEACHER_CHECKS = DevChecks(evals=6, patience=2)  # dev checks over the teacher fine-tune
 
 
 def _teacher(run: _Run):
@@ -245,23 +249,19 @@ def _teacher(run: _Run):
     teacher, best_dir = copy.deepcopy(run.base), run.work / "teacher-best"
     # every dev check, base itself first (step 0): the best is always one of them, also on a resume
     history = run.report.get("teacher_history") or [{"step": 0, "dev_ce": run.dev_ce(run.base)}]
-    best = lambda: min(history, key=lambda h: h["dev_ce"])  # noqa: E731  (the first of equals: base wins ties)
-    every = max(1, o.teacher_steps // TEACHER_EVALS)
-    for target in sorted({*range(every, o.teacher_steps, every), o.teacher_steps}):
-        if any(h["step"] == target for h in history):
-            continue  # checked before an interruption
-        if sum(h["step"] > best()["step"] for h in history) >= TEACHER_PATIENCE:
-            _log(f"teacher: no better dev CE for {TEACHER_PATIENCE} checks: stopped at step {history[-1]['step']}")
-            break
+
+    def train_to(target: int) -> None:
         cfg = run.cfg(target, o.teacher_lr, kd_weight=0.0, feature_weight=0.0, learn_temperature=False)
         train_decoder(teacher, run.base, run.batches(student=teacher, cfg=cfg), cfg, run.work / "teacher-ckpt")
-        history.append({"step": target, "dev_ce": run.dev_ce(teacher)})
-        if best() is history[-1]:
-            if is_main():
-                teacher.save_pretrained(best_dir)
-            barrier()
-        run.save_report(teacher_history=history)
-    return _guard_teacher(run, best(), best_dir)
+
+    def save_best() -> None:
+        if is_main():
+            teacher.save_pretrained(best_dir)
+        barrier()
+
+    best = train_checked(train_to, lambda: run.dev_ce(teacher), save_best, o.teacher_steps, history,
+                         lambda h: run.save_report(teacher_history=h), TEACHER_CHECKS, lambda m: _log(f"teacher: {m}"))
+    return _guard_teacher(run, best, best_dir)
 
 
 def _guard_teacher(run: _Run, best: dict, best_dir: Path):
@@ -354,8 +354,8 @@ def _started(run: _Run, teacher, texts) -> tuple[torch.nn.Module, CompressionSpe
 
 def run_bald(o: BaldOptions) -> Path:
     """Run the recipe; returns the final compressed checkpoint folder (``out/student``)."""
-    if o.embed_init not in ("whiten", "svd"):
-        raise MlxBaldError(f"embed_init must be 'whiten' or 'svd', not {o.embed_init!r}")
+    if o.embed_init not in EMBED_INITS:
+        raise MlxBaldError(f"embed_init must be one of {', '.join(EMBED_INITS)}, not {o.embed_init!r}")
     if o.start not in ("spaced", "pairs"):
         raise MlxBaldError(f"start must be 'spaced' or 'pairs', not {o.start!r}")
     if o.start == "spaced" and o.alphas is not None:
@@ -380,59 +380,105 @@ def run_bald(o: BaldOptions) -> Path:
 
     merged_dir, final = run.work / "merged", Path(o.out) / "student"
     if spec.decoder_merge and _must_train(merged_dir, run.work / "merged-ckpt", o.merge_steps, "--merge-steps",
-                                          can_continue=not (final / "model.safetensors").exists()):
-        _log(f"merged student: alphas {alphas}, {o.merge_steps} steps")
+                                          can_continue=not (final / "model.safetensors").exists(),
+                                          requested=run.report.get("merged", {}).get("requested_steps")):
+        _log(f"merged student: alphas {alphas}, up to {o.merge_steps} steps, checked on dev")
         student = copy.deepcopy(started) if started is not None else apply_spec(copy.deepcopy(teacher), spec)
-        cfg = run.student_cfg(o.merge_steps, spec)
         t0 = time.time()
-        train_decoder(student, teacher, run.batches(texts, 2, student, teacher, cfg), cfg, run.work / "merged-ckpt")
-        seconds = round(time.time() - t0)  # this session's training (and its target caches), for the ladder
-        if is_main():
-            save_compressed(student, spec, merged_dir)
-        barrier()
-        run.save_report(merged={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
-                                "alphas": alphas, "train_seconds": seconds})
+
+        def train_merged(target: int) -> None:
+            cfg = run.student_cfg(target, spec)
+            train_decoder(student, teacher, run.batches(texts, 2, student, teacher, cfg), cfg, run.work / "merged-ckpt")
+
+        best = _checked_stage(run, "merged", student, spec, o.merge_steps, train_merged, merged_dir)
+        run.save_report(merged=best | {"params": count_parameters(student), "alphas": alphas,
+                                       "train_seconds": round(time.time() - t0)})
     from mlx_bald.compress.ops.model import load_compressed
 
-    if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps"):
+    if _must_train(final, run.work / "embed-ckpt", o.embed_steps, "--embed-steps",
+                   requested=run.report.get("student", {}).get("requested_steps")):
         # embedding only: the student starts as the teacher
         student, spec = load_compressed(merged_dir) if spec.decoder_merge else (copy.deepcopy(teacher), spec)
         student.to(run.device)
-        _log(f"rank-{o.embedding_rank} embedding ({o.embed_init} init): {o.embed_steps} steps with feature distillation")
+        _log(f"rank-{o.embedding_rank} embedding ({o.embed_init} init): up to {o.embed_steps} steps with "
+             "feature distillation, checked on dev")
         resuming = (run.work / "embed-ckpt" / "distill_checkpoint.pt").is_file()
         started = run.report.get("embedding_init", {}).get("init", "svd")  # reports older than the option: svd
         if resuming and started != o.embed_init:
             raise MlxBaldError(f"{run.work / 'embed-ckpt'} was started with --embed-init {started}; "
                                f"rerun with it, or use a new --out for {o.embed_init}")
-        stats = None
-        if o.embed_init == "whiten" and not resuming:  # calibrated on the stage's own first batches
-            stats = collect_embedding_stats(student, islice(run.batches(texts, 3)(0), o.embed_calib_batches))
-        factorize_embedding(student, o.embedding_rank, stats)
+        stats = head = None
+        if o.embed_init in ("whiten", "fit") and not resuming:  # calibrated on the stage's own first batches
+            calib = list(islice(run.batches(texts, 3)(0), o.embed_calib_batches))
+            stats = collect_embedding_stats(student, calib)
+            head = collect_head_data(student, calib) if o.embed_init == "fit" else None
+        dense = student.model.decoder.embed_tokens.weight.detach().clone()
+        emb = factorize_embedding(student, o.embedding_rank, stats)
+        fit = fit_factored_embedding(emb, dense, head, o.embed_fit_steps, seed=o.seed) if head is not None else {}
+        del dense
         spec.embedding_rank = o.embedding_rank
         spec.notes["embedding_init"] = o.embed_init
         record_spec(student, spec)
         if not resuming:
-            run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)})
-        cfg = run.student_cfg(o.embed_steps, spec, feature_weight=0.1)
+            run.save_report(embedding_init={"init": o.embed_init, "dev_ce_untrained": run.dev_ce(student)} | fit)
         t0 = time.time()
-        train_decoder(student, teacher, run.batches(texts, 3, student, teacher, cfg), cfg, run.work / "embed-ckpt")
-        seconds = round(time.time() - t0)
-        if is_main():
-            save_compressed(student, spec, final)
-        barrier()
-        run.save_report(student={"dev_wer": run.dev_wer(student), "dev_ce": run.dev_ce(student), "params": count_parameters(student),
-                                 "steps": o.embed_steps, "spec": spec.to_dict(), "train_seconds": seconds})
+
+        def train_embedding(target: int) -> None:
+            cfg = run.student_cfg(target, spec, feature_weight=0.1)
+            train_decoder(student, teacher, run.batches(texts, 3, student, teacher, cfg), cfg, run.work / "embed-ckpt")
+
+        best = _checked_stage(run, "student", student, spec, o.embed_steps, train_embedding, final)
+        run.save_report(student=best | {"params": count_parameters(student), "spec": spec.to_dict(),
+                                        "train_seconds": round(time.time() - t0)})
     if is_main():  # the other ranks are done: their training share is in the checkpoints
         final_table(run, teacher, final)
     return final
 
 
-def _must_train(folder: Path, ckpt_dir: Path, steps: int, flag: str, can_continue: bool = True) -> bool:
+def _checked_stage(run: _Run, name: str, student: torch.nn.Module, spec: CompressionSpec, steps: int,
+                   train_to, out: Path) -> dict:
+    """An end-to-end student stage in dev-checked segments (train/dev_checks.py): the best
+    check (possibly the stage's start) is kept under work/NAME-best and copied to ``out``.
+    Returns the stage's report entry."""
+    import shutil
+
+    from mlx_bald.compress.ops.model import load_compressed
+
+    best_dir = run.work / f"{name}-best"
+
+    def save_best() -> None:
+        if is_main():
+            save_compressed(student, spec, best_dir)
+        barrier()
+
+    history = run.report.get(f"{name}_history")
+    if not history:  # the start is a check too: a stage that only makes it worse hands the start on
+        history = [{"step": 0, "dev_ce": run.dev_ce(student)}]
+        save_best()
+    best = train_checked(train_to, lambda: run.dev_ce(student), save_best, steps, history,
+                         lambda h: run.save_report(**{f"{name}_history": h}), STUDENT_CHECKS,
+                         lambda m: _log(f"{name}: {m}"))
+    if is_main():
+        shutil.copytree(best_dir, out, dirs_exist_ok=True)
+    barrier()
+    kept = load_compressed(out)[0].to(run.device)
+    return {"dev_wer": run.dev_wer(kept), "dev_ce": best["dev_ce"], "steps": best["step"],
+            "steps_run": history[-1]["step"], "requested_steps": steps}
+
+
+STUDENT_CHECKS = DevChecks(evals=6, patience=2)  # dev checks over each end-to-end student stage
+
+
+def _must_train(folder: Path, ckpt_dir: Path, steps: int, flag: str, can_continue: bool = True,
+                requested: int | None = None) -> bool:
     """Whether a stage (re)enters training: its model is not saved yet, or a rerun asks for
     more steps than its checkpoint holds (training then continues from it, when nothing built
-    on the stage's result would go stale). Fewer steps than done is refused, not ignored."""
+    on the stage's result would go stale). Fewer steps than done is refused, not ignored.
+    ``requested``: the steps the saved stage was asked for (it may have stopped early on dev)."""
     if not (folder / "model.safetensors").exists():
         return True
+    if requested == steps:
+        return False
     ckpt = ckpt_dir / "distill_checkpoint.pt"
     done = torch.load(ckpt, map_location="cpu", weights_only=False, mmap=True)["step"] if ckpt.is_file() else steps
     if done == steps:

@@ -16,7 +16,7 @@ def _run(curve, total=600, history=None, checks=DevChecks(evals=6, patience=2)):
         trained.append(step)
         state["step"] = step
 
-    best = train_checked(train_to, lambda: curve[state["step"]], lambda: saves.append(state["step"]), total,
+    best = train_checked(train_to, lambda: {"dev_ce": curve[state["step"]]}, lambda: saves.append(state["step"]), total,
                          history, lambda h: None, checks, log=lambda m: None)
     return best, trained, saves, history
 
@@ -47,9 +47,18 @@ def test_a_resumed_stage_skips_the_steps_it_checked():
     assert trained == [200, 300] and best["step"] == 300 and [h["step"] for h in history] == [0, 100, 200, 300]
 
 
+def test_checks_ranked_by_wer_break_ties_by_cross_entropy():
+    from mlx_bald.compress.train.dev_checks import best_check
+
+    history = [{"step": 0, "dev_ce": 0.8, "dev_wer": 20.0}, {"step": 100, "dev_ce": 1.0, "dev_wer": 15.0},
+               {"step": 200, "dev_ce": 0.9, "dev_wer": 15.0}]
+    assert best_check(history)["step"] == 0  # by cross-entropy
+    assert best_check(history, "dev_wer")["step"] == 200  # by WER, then cross-entropy
+
+
 def test_a_history_without_its_start_is_refused():
     with pytest.raises(ValueError, match="step 0"):
-        train_checked(lambda s: None, lambda: 1.0, lambda: None, 10, [], lambda h: None)
+        train_checked(lambda s: None, lambda: {"dev_ce": 1.0}, lambda: None, 10, [], lambda h: None)
 
 
 def test_the_local_fit_brings_the_factored_head_closer_to_the_dense_one():

@@ -44,6 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rank", type=int, default=96)
     p.add_argument("--inits", default="svd,whiten,fit")
     p.add_argument("--fit-steps", type=int, default=300)
+    p.add_argument("--lookup-weight", type=float, default=1.0, help="fit: weight of the lookups' error beside the KL")
+    p.add_argument("--ridge", type=float, default=None, help="whiten/fit: the second moment's ridge (default: the recipe's)")
     p.add_argument("--calib-batches", type=int, default=20)
     p.add_argument("--max-train-clips", type=int, default=480)
     p.add_argument("--max-tokens", type=int, default=64)
@@ -68,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
     calib = list(islice(batches_from_cache(train, caches["train"], 8, 3, vocab=dense.config.vocab_size,
                                            max_tokens=a.max_tokens)(0), a.calib_batches))
     stats = collect_embedding_stats(dense, calib)
+    if a.ridge is not None:
+        stats.ridge = a.ridge
     head = collect_head_data(dense, calib)
     rows = {"dense": _scores(dense, dense, dev, caches["dev"], a.max_tokens)}
     for init in a.inits.split(","):
@@ -75,11 +79,12 @@ def main(argv: list[str] | None = None) -> int:
         student = copy.deepcopy(dense)
         weight = student.model.decoder.embed_tokens.weight.detach().clone()
         emb = factorize_embedding(student, a.rank, None if init == "svd" else stats)
-        fit = fit_factored_embedding(emb, weight, head, a.fit_steps) if init == "fit" else {}
+        fit = fit_factored_embedding(emb, weight, head, a.fit_steps, lookup_weight=a.lookup_weight) if init == "fit" else {}
         rows[init] = _scores(student, dense, dev, caches["dev"], a.max_tokens) | fit | {
             "seconds": round(time.time() - t0)}
         print(f"{init}: {rows[init]}", flush=True)
-    print(json.dumps({"model": a.model, "train": a.train, "dev": a.dev, "rank": a.rank, "rows": rows}))
+    print(json.dumps({"model": a.model, "train": a.train, "dev": a.dev, "rank": a.rank, "ridge": stats.ridge,
+                      "calib_batches": a.calib_batches, "lookup_weight": a.lookup_weight, "rows": rows}))
     return 0
 
 

@@ -12,7 +12,7 @@ from mlx_bald.cli.arg_types import (fraction, nonneg_float, nonneg_int, number_l
 from mlx_bald.cli.data_args import SET_FORMS, add_column_args
 from mlx_bald.hardware_names import DEVICES, PRECISIONS
 from mlx_bald.short_context_options import ShortContextOptions as _Short
-from mlx_bald.start_config import EMBED_INITS, StartConfig
+from mlx_bald.start_config import EMBED_INITS, STUDENT_LR, StartConfig
 
 RECIPES = ("bald", "prune", "adaptwin", "short-context")
 ALONE = ("short-context",)  # recipes that tune a finished model and join no '+' combination
@@ -130,9 +130,10 @@ def register(sub) -> argparse.ArgumentParser:
                    default=[0.2, 0.35, 0.5, 0.65, 0.8], help="alpha values tried by the search")
     p.add_argument("--search-steps", type=positive_int, default=40, help="training steps per search trial")
     p.add_argument("--rank", type=positive_int, default=96, help="rank of the factored token embedding")
-    p.add_argument("--embed-init", choices=EMBED_INITS, default="svd",
-                   help="start of the factored embedding: 'svd' = plain SVD of E (the paper's); 'whiten' = SVD "
-                        "weighted by the data (the head's input second moment, token probabilities and frequencies); "
+    p.add_argument("--embed-init", choices=EMBED_INITS, default=EMBED_INITS[1],
+                   help="start of the factored embedding: 'whiten' (default) = SVD weighted by the data (the head's "
+                        "input second moment, token probabilities and frequencies); 'svd' = plain SVD of E (the "
+                        "paper's); "
                         "'fit' = whiten, then both factors fitted to the dense head's outputs and lookups on the "
                         "recipe's data (no decoder step)")
     p.add_argument("--teacher-steps", type=nonneg_int, default=300,
@@ -144,7 +145,9 @@ def register(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=positive_int, default=8)
     p.add_argument("--max-tokens", type=positive_int, default=64,
                    help="training targets are cut to this many tokens (prompt + text + end-of-text)")
-    p.add_argument("--lr", type=positive_float, default=1.5e-4, help="learning rate of the students")
+    p.add_argument("--lr", type=positive_float, default=STUDENT_LR,
+                   help="learning rate of the students' end-to-end stages (the older --start pairs runs used "
+                        "1.5e-4: their averaged decoder starts far from its teacher)")
     p.add_argument("--teacher-lr", type=positive_float, default=1e-5, help="learning rate of the teacher fine-tune")
     p.add_argument("--max-train-clips", type=positive_int, default=None, help="fixed random subset of the train split")
     p.add_argument("--dev-clips", type=positive_int, default=None,

@@ -35,7 +35,7 @@ from mlx_bald.compress.ops.merge import adjacent_pairs
 from mlx_bald.compress.recipes.bald_table import final_table
 from mlx_bald.compress.recipes.skeleton import RecipeRun
 from mlx_bald.compress.recipes.start import build_start
-from mlx_bald.start_config import EMBED_INITS, StartConfig
+from mlx_bald.start_config import EMBED_INITS, STUDENT_LR, StartConfig
 from mlx_bald.compress.ops.model import apply_spec, count_parameters, record_spec, save_compressed
 from mlx_bald.compress.train.targets import Precomputed
 from mlx_bald.data import cache_key
@@ -54,11 +54,10 @@ class BaldOptions:
     search_grid: list[float] = field(default_factory=lambda: [0.2, 0.35, 0.5, 0.65, 0.8])
     search_steps: int = 40
     embedding_rank: int = 96
-    # "svd": plain SVD of E (the paper's); "whiten": data-aware SVD (EmbeddingStats): far better
-    # untrained, but after 700-1,400 steps its greedy WERs were mixed (README), so not the default
-    # "fit": the whiten start, then both factors fitted locally to the dense head's output
-    # distribution and lookups on the stage's own data (train/embedding_fit.py)
-    embed_init: str = "svd"
+    # "whiten": data-aware SVD (EmbeddingStats), the measured best start (dev CE 4.06 against the
+    # plain SVD's 9.79 at rank 96 on base); "svd": plain SVD of E (the paper's); "fit": whiten, then
+    # both factors fitted locally to the dense head (train/embedding_fit.py): overfits, measured worse
+    embed_init: str = EMBED_INITS[1]
     embed_calib_batches: int = 20
     embed_fit_steps: int = 300
     teacher_steps: int = 300
@@ -66,7 +65,7 @@ class BaldOptions:
     embed_steps: int = 1200  # measured: 400 steps lost the merge's gain again, 1,200 kept it
     batch_size: int = 8
     max_tokens: int = 64  # longer targets are cut: the 51,865-wide vocabulary projection dominates a step
-    lr: float = 1.5e-4  # students: a merged decoder starts near-random (dev CE 17 vs 1.05)
+    lr: float = STUDENT_LR  # the end-to-end student stages (start_config.py: measured)
     teacher_lr: float = 1e-5  # the usual Whisper fine-tuning rate: higher damages base here
     # how the depth-reduced decoder starts (recipes/start.py, measured by benchmarks.recovery):
     # "spaced" keeps maximally spaced teacher layers (the last always) and distils each locally,

@@ -61,8 +61,8 @@ def fit_factored_embedding(emb: FactoredEmbedding, dense: torch.Tensor, data: He
                            lr: float = 1e-3, batch_tokens: int = 256, lookup_weight: float = 1.0, seed: int = 0,
                            progress: bool = True) -> dict[str, float]:
     """Fit both factors of ``emb`` (in place) to the dense head ``dense`` [V, d] on ``data``
-    with Adam; returns the KL and lookup error on all of ``data`` before and after."""
-    from tqdm.auto import tqdm
+    with Adam (trainer.train); returns the KL and lookup error on all of ``data`` before and after."""
+    from mlx_bald.compress.train.trainer import TrainConfig, train
 
     dense = dense.detach().float()
     gen = torch.Generator().manual_seed(seed)
@@ -75,14 +75,20 @@ def fit_factored_embedding(emb: FactoredEmbedding, dense: torch.Tensor, data: He
             return {"kl": round(kl, 4), "lookup": round(parts[0]["lookup"].item(), 4)}
 
     before = full()
-    opt = torch.optim.Adam([emb.weight_a, emb.weight_b], lr=lr)
-    for _ in tqdm(range(steps), desc="embedding fit", disable=not progress, leave=False):
-        pick = torch.randint(len(data.hidden), (min(batch_tokens, len(data.hidden)),), generator=gen)
-        ids = data.ids[torch.randint(len(data.ids), (min(batch_tokens, len(data.ids)),), generator=gen)]
-        losses = head_fit_losses(emb, dense, data.hidden[pick], ids)
-        opt.zero_grad(set_to_none=True)
-        (losses["kl"] + lookup_weight * losses["lookup"]).backward()
-        opt.step()
+
+    def stream(skip: int):
+        while True:  # random token batches: nothing to skip on a fresh (checkpoint-less) fit
+            pick = torch.randint(len(data.hidden), (min(batch_tokens, len(data.hidden)),), generator=gen)
+            ids = data.ids[torch.randint(len(data.ids), (min(batch_tokens, len(data.ids)),), generator=gen)]
+            yield data.hidden[pick], ids
+
+    def loss_fn(batch) -> dict[str, torch.Tensor]:
+        losses = head_fit_losses(emb, dense, *batch)
+        return {"loss": losses["kl"] + lookup_weight * losses["lookup"], **{k: v.detach() for k, v in losses.items()}}
+
+    cfg = TrainConfig(lr=lr, weight_decay=0.0, grad_clip=0.0, seed=seed)
+    train({"embedding": emb}, [{"params": [emb.weight_a, emb.weight_b]}], loss_fn, stream, steps, cfg,
+          desc="embedding fit", progress=progress)
     after = full()
     return {"kl_before": before["kl"], "lookup_before": before["lookup"], "kl_after": after["kl"],
             "lookup_after": after["lookup"], "steps": steps, "tokens": len(data.hidden)}

@@ -411,7 +411,7 @@ def run_bald(o: BaldOptions) -> Path:
             calib = list(islice(run.batches(texts, 3)(0), o.embed_calib_batches))
             stats = collect_embedding_stats(student, calib)
             head = collect_head_data(student, calib) if o.embed_init == "fit" else None
-        dense = student.model.decoder.embed_tokens.weight.detach().clone()
+        dense = student.model.decoder.embed_tokens.weight.detach() if head is not None else None  # the fit's target
         emb = factorize_embedding(student, o.embedding_rank, stats)
         fit = fit_factored_embedding(emb, dense, head, o.embed_fit_steps, seed=o.seed) if head is not None else {}
         del dense
